@@ -1,0 +1,163 @@
+"""Samplers: DDPM ancestral, DDIM (eta) and a second-order probability-flow ODE sampler (Heun), each with an
+optional Langevin corrector, any number of steps <= T, and optional sampling and denoising trajectories.
+
+Every random draw (``x_T``, ancestral noise, corrector noise) comes from the injected noise distribution; no
+sampler calls ``torch.randn``. A sampler is one step function registered in ``_STEPS``: it maps ``x`` at grid
+timestep ``t`` to the next grid timestep ``s`` (``s = -1``: clean data) and returns the new point and the
+model's current clean-data estimate ``x0_hat`` (the denoising trajectory of Chen et al.).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .noise import NoiseDistribution
+from .schedules import Schedule
+
+EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class StepContext:
+    eps_fn: EpsFn
+    abar: torch.Tensor  # float64 alpha_bars on the sampling device
+    noise: NoiseDistribution
+    generator: torch.Generator | None
+    options: dict = field(default_factory=dict)
+
+    def abar_at(self, t: int) -> float:
+        return 1.0 if t < 0 else float(self.abar[t])
+
+    def draw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise.sample_like(x, generator=self.generator)
+
+
+def _x0_hat(x, eps, abar_t):
+    return (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+
+
+def ddpm_step(ctx: StepContext, x, t, s):
+    """Ancestral step from t to s (strided when steps < T) with ``sigma^2 = beta`` as in DDPM and the NGLDM
+    paper, or the posterior variance with ``variance='posterior'``; ``z`` from the noise distribution, 0 at the end."""
+    abar_t, abar_s = ctx.abar_at(t), ctx.abar_at(s)
+    alpha = abar_t / abar_s
+    beta = 1 - alpha
+    eps = ctx.eps_fn(x, t)
+    mean = (x - beta / math.sqrt(1 - abar_t) * eps) / math.sqrt(alpha)
+    if s >= 0:
+        variance = beta if ctx.options.get("variance", "beta") == "beta" else beta * (1 - abar_s) / (1 - abar_t)
+        mean = mean + math.sqrt(variance) * ctx.draw(x)
+    return mean, _x0_hat(x, eps, abar_t)
+
+
+def ddim_step(ctx: StepContext, x, t, s):
+    """DDIM: deterministic at ``eta = 0``, DDPM-like at ``eta = 1``."""
+    abar_t, abar_s = ctx.abar_at(t), ctx.abar_at(s)
+    eps = ctx.eps_fn(x, t)
+    x0 = _x0_hat(x, eps, abar_t)
+    eta = ctx.options.get("eta", 0.0)
+    sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
+    x_next = math.sqrt(abar_s) * x0 + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        x_next = x_next + sigma * ctx.draw(x)
+    return x_next, x0
+
+
+def heun_step(ctx: StepContext, x, t, s):
+    """Heun's method on the probability-flow ODE in EDM's variables ``x~ = x / sqrt(abar)``,
+    ``sigma = sqrt((1 - abar) / abar)``, where ``dx~/dsigma = eps``; plain Euler on the last step to sigma = 0."""
+    abar_t, abar_s = ctx.abar_at(t), ctx.abar_at(s)
+    sigma_t, sigma_s = math.sqrt((1 - abar_t) / abar_t), math.sqrt((1 - abar_s) / abar_s)
+    x_scaled = x / math.sqrt(abar_t)
+    slope = ctx.eps_fn(x, t)
+    x_next = x_scaled + (sigma_s - sigma_t) * slope
+    if s >= 0:
+        slope_next = ctx.eps_fn(x_next * math.sqrt(abar_s), s)
+        x_next = x_scaled + (sigma_s - sigma_t) * 0.5 * (slope + slope_next)
+    return x_next * math.sqrt(abar_s), x_scaled - sigma_t * slope
+
+
+_STEPS: dict[str, Callable] = {"ddpm": ddpm_step, "ddim": ddim_step, "heun": heun_step}
+
+
+def names() -> list[str]:
+    return sorted(_STEPS)
+
+
+def langevin_correct(ctx: StepContext, x, t, n_steps: int, snr: float):
+    """Langevin corrector ``x <- x + (delta/2) score + sqrt(delta) z`` with ``score = -eps / sqrt(1 - abar_t)``
+    and the step size set from the target signal-to-noise ratio (Song et al.'s predictor-corrector sampler)."""
+    abar_t = ctx.abar_at(t)
+    alpha_t = abar_t / ctx.abar_at(t - 1)
+    for _ in range(n_steps):
+        score = -ctx.eps_fn(x, t) / math.sqrt(1 - abar_t)
+        z = ctx.draw(x)
+        score_norm = score.flatten(1).norm(dim=1).mean()
+        z_norm = z.flatten(1).norm(dim=1).mean()
+        step_size = 2 * alpha_t * (snr * z_norm / score_norm.clamp_min(1e-12)) ** 2  # = delta / 2
+        x = x + step_size * score + (2 * step_size).sqrt() * z
+    return x
+
+
+def timestep_grid(timesteps: int, steps: int) -> list[int]:
+    """``steps`` distinct timesteps from T-1 down to 0, evenly spaced."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in 1..{timesteps} (the schedule's T), got {steps}")
+    grid = np.unique(np.round(np.linspace(0, timesteps - 1, steps)).astype(int))[::-1]
+    return [int(t) for t in grid]
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor
+    timesteps: list[int]
+    evaluations: int  # network evaluations spent
+    trajectory: list[torch.Tensor] | None = None  # x_T, then x after each step (CPU)
+    denoised: list[torch.Tensor] | None = None  # x0_hat at each step (CPU)
+
+
+@torch.no_grad()
+def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistribution, shape, *,
+           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta",
+           langevin_steps: int = 0, langevin_snr: float = 0.16, generator: torch.Generator | None = None,
+           device=None, x_T: torch.Tensor | None = None, return_trajectories: bool = False,
+           progress: bool = False) -> SampleResult:
+    """Draw ``shape`` samples by running ``sampler`` over ``steps`` grid timesteps.
+
+    ``model(x, t)`` predicts the noise for a batch ``x`` at integer timesteps ``t`` (shape [B]).
+    """
+    if sampler not in _STEPS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(names())}")
+    if variance not in ("beta", "posterior"):
+        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    device = torch.device(device) if device is not None else schedule.alpha_bars64.device
+    evaluations = 0
+
+    def eps_fn(x, t):
+        nonlocal evaluations
+        evaluations += 1
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return model(x, t_batch).to(x.dtype)
+
+    ctx = StepContext(eps_fn, schedule.alpha_bars64.to(device), noise, generator, {"eta": eta, "variance": variance})
+    x = x_T.to(device) if x_T is not None else noise.sample(tuple(shape), generator=generator, device=device,
+                                                            dtype=torch.float32)
+    grid = timestep_grid(schedule.timesteps, steps)
+    trajectory = [x.cpu()] if return_trajectories else None
+    denoised = [] if return_trajectories else None
+    step = _STEPS[sampler]
+    for t, s in tqdm(list(zip(grid, grid[1:] + [-1])), desc=f"{sampler} sampling", disable=not progress,
+                     leave=False):
+        x, x0_hat = step(ctx, x, t, s)
+        if langevin_steps and s >= 0:
+            x = langevin_correct(ctx, x, s, langevin_steps, langevin_snr)
+        if return_trajectories:
+            trajectory.append(x.cpu())
+            denoised.append(x0_hat.cpu())
+    return SampleResult(x, grid, evaluations, trajectory, denoised)

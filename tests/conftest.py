@@ -1,0 +1,17 @@
+import os
+
+import pytest
+import torch
+
+# Hermetic runs: no telemetry, no update checks, no stray servers.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Tiny test models run fastest single-threaded; two busy-waiting OpenMP threads on 2 shared cores are 10x slower.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+
+from logdiff_core import noise, samplers, transforms
+from logdiff_core.schedules import Schedule
+
+SCHEDULE = Schedule.from_config("linear", 1000)
+
+
+def point_mass_denoiser(c):
+    """The exact epsilon-predictor when all data sits at ``c``."""
+    def eps(x, t):
+        abar = SCHEDULE.alpha_bars64[t].to(x.dtype)[:, None]
+        return (x - abar.sqrt() * c) / (1 - abar).sqrt()
+    return eps
+
+
+def gaussian_denoiser(mean, std):
+    """The exact epsilon-predictor E[eps | x_t] for N(mean, std^2) data and Gaussian noise."""
+    def eps(x, t):
+        abar = SCHEDULE.alpha_bars64[t].to(x.dtype)[:, None]
+        return (1 - abar).sqrt() * (x - abar.sqrt() * mean) / (abar * std**2 + 1 - abar)
+    return eps
+
+
+@pytest.mark.parametrize("sampler,options", [
+    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0}), ("heun", {}), ("ddim", {"langevin_steps": 2}),
+])
+@pytest.mark.parametrize("dist", ["gaussian", "laplace", "exponential", "student_t"])
+def test_point_mass_is_recovered(sampler, options, dist):
+    result = samplers.sample(point_mass_denoiser(1.5), SCHEDULE, noise.get(dist), (512, 2), sampler=sampler,
+                             steps=20, generator=torch.Generator().manual_seed(0), **options)
+    assert torch.allclose(result.samples, torch.full((512, 2), 1.5), atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler,steps,options", [
+    ("ddpm", 1000, {}),
+    ("ddpm", 250, {"variance": "posterior"}),
+    ("ddim", 200, {}),
+    ("ddim", 250, {"eta": 1.0}),
+    ("heun", 35, {}),
+    ("ddim", 100, {"langevin_steps": 1}),
+])
+def test_gaussian_data_distribution_is_recovered(sampler, steps, options):
+    mean, std = 2.0, 0.5
+    result = samplers.sample(gaussian_denoiser(mean, std), SCHEDULE, noise.get("gaussian"), (20_000, 1),
+                             sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0), **options)
+    x = result.samples.double()
+    assert x.mean().item() == pytest.approx(mean, abs=0.02)
+    assert x.std().item() == pytest.approx(std, rel=0.03)  # discretisation error at these step counts: < 2.5%
+
+
+def test_wrong_denoiser_is_detected():
+    """The recovery check can fail: a denoiser for the wrong spread gives the wrong spread."""
+    result = samplers.sample(gaussian_denoiser(2.0, 1.0), SCHEDULE, noise.get("gaussian"), (20_000, 1),
+                             sampler="ddim", steps=200, generator=torch.Generator().manual_seed(0))
+    assert result.samples.std().item() == pytest.approx(1.0, rel=0.03)
+
+
+def test_trajectories_and_evaluation_counts():
+    for sampler, evals in (("ddim", 10), ("ddpm", 10), ("heun", 19)):
+        result = samplers.sample(gaussian_denoiser(2.0, 0.5), SCHEDULE, noise.get("laplace"), (64, 3),
+                                 sampler=sampler, steps=10, return_trajectories=True,
+                                 generator=torch.Generator().manual_seed(0))
+        assert result.evaluations == evals and result.timesteps[0] == 999 and result.timesteps[-1] == 0
+        assert len(result.trajectory) == 11 and len(result.denoised) == 10
+        assert torch.equal(result.trajectory[-1], result.samples)
+        # the denoising trajectory settles before the sampling trajectory does (Chen et al.)
+        first_x0_gap = (result.denoised[0] - result.samples).abs().mean()
+        first_x_gap = (result.trajectory[0] - result.samples).abs().mean()
+        assert first_x0_gap < first_x_gap
+
+
+def test_samplers_never_call_torch_randn(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a sampler called torch.randn directly")
+
+    monkeypatch.setattr(torch, "randn", forbidden)
+    for sampler in samplers.names():
+        samplers.sample(point_mass_denoiser(0.0), SCHEDULE, noise.get("uniform"), (8, 2), sampler=sampler, steps=5,
+                        eta=1.0, langevin_steps=1)
+
+
+def test_sampling_is_seeded_and_validated():
+    run = lambda seed: samplers.sample(gaussian_denoiser(0, 1), SCHEDULE, noise.get("gumbel"), (4, 2),
+                                       sampler="ddpm", steps=10, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1).samples, run(1).samples) and not torch.equal(run(1).samples, run(2).samples)
+    with pytest.raises(ValueError, match="steps must be in 1..1000"):
+        samplers.timestep_grid(1000, 1001)
+    with pytest.raises(ValueError, match="choose one of: ddim, ddpm, heun"):
+        samplers.sample(gaussian_denoiser(0, 1), SCHEDULE, noise.get("gaussian"), (2, 1), sampler="euler")
+    assert samplers.timestep_grid(1000, 1000) == list(range(999, -1, -1))
+
+
+def test_log_transform_round_trip_and_positivity():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.exp(torch.randn(1000, 5, generator=gen, dtype=torch.float64) * 3)  # 10 orders of magnitude
+    t = transforms.get("log").fit(x)
+    y = t.forward(x)
+    assert y.mean(0).abs().max() < 1e-9 and (y.std(0) - 1).abs().max() < 1e-9
+    assert torch.allclose(t.inverse(y), x, rtol=1e-12)
+    wild = torch.tensor([[-1e6, -80.0, 0.0, 80.0, 1e6]], dtype=torch.float32)
+    assert (t.inverse(wild) > 0).all() and torch.isfinite(t.inverse(wild)).all()
+    restored = transforms.from_state(t.state_dict())
+    assert torch.equal(restored.forward(x), y)
+
+
+def test_log_transform_rejects_non_positive_with_counts():
+    x = torch.tensor([[1.0], [0.0], [-2.0], [3.0]])
+    with pytest.raises(ValueError, match=r"2 of 4 values .*minimum -2"):
+        transforms.get("log").fit(x)
+    floored = transforms.get("log", floor=3.0).fit(x)
+    assert torch.allclose(floored.inverse(floored.forward(x)), x, atol=1e-5)
+
+
+def test_identity_and_unknown_transform():
+    x = torch.randn(3, 4)
+    assert torch.equal(transforms.get("identity").inverse(transforms.get("identity").forward(x)), x)
+    with pytest.raises(ValueError, match="choose one of: identity, log"):
+        transforms.get("sqrt")
