@@ -1,0 +1,75 @@
+"""Encoding: data -> the diffusion space (autoencoder latents, or transformed data) at unit scale.
+
+Latents are scaled by 1/std as latent diffusion does; array data is standardised per feature after its
+transform (identity or LogDiff's log). Writes ``train.npy``, ``val.npy``, ``codec.pt`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logdiff_core import transforms
+
+from .autoencoder import load_autoencoder
+from .codec import Codec
+from .config import Config
+from .data import load_split
+from .io import atomic_save_numpy, atomic_torch_save, load_checkpoint, read_json, write_json
+from .runtime import resolve_device
+
+
+def stage_dir(cfg: Config) -> Path:
+    return cfg.work / "latents"
+
+
+def build_transform(cfg: Config, kind: str) -> transforms.Transform:
+    name = cfg.diffusion.transform
+    if name == "log" and kind != "array":
+        raise ValueError("diffusion.transform=log is for positive array data; use diffusion.transform=identity for images")
+    return transforms.get(name, **({"floor": cfg.diffusion.log_floor} if name == "log" else {}))
+
+
+def encode_latents(cfg: Config) -> dict:
+    train, val = (load_split(cfg.work / "data", split) for split in ("train", "val"))
+    transform = build_transform(cfg, train.kind)
+    if train.kind == "array":
+        transform.fit(torch.as_tensor(train.values, dtype=torch.float64))
+    autoencoder = load_autoencoder(cfg)
+    device = resolve_device(cfg.train.device)
+    codec = Codec(train.kind, transform, autoencoder, torch.zeros(()), torch.ones(()), ())
+    raw = codec.to_model_input(train.values, device=device).float()
+    if train.kind == "image":  # one global factor, as latent diffusion's scale_factor
+        codec.shift, codec.scale = torch.zeros(()), 1 / raw.std()
+    else:
+        std = raw.std(0)
+        codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
+    codec.latent_shape = tuple(raw.shape[1:])
+    out = stage_dir(cfg)
+    latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
+    for split, values in latents.items():
+        atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
+    atomic_torch_save(codec.state_dict(), out / "codec.pt")
+    manifest = {"kind": train.kind, "latent_shape": list(codec.latent_shape),
+                "counts": {k: len(v) for k, v in latents.items()}, "transform": transform.name,
+                "autoencoder": cfg.autoencoder.kind, "scale_factor": float(codec.scale.mean()),
+                "train_std_after_scaling": float(latents["train"].std()),
+                "data_content_hash": train.manifest.get("content_hash")}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_latents(cfg: Config, split: str) -> torch.Tensor:
+    path = stage_dir(cfg) / f"{split}.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"no latents at {path}; run the encode stage (logdiff stage encode) first")
+    return torch.from_numpy(np.load(path))
+
+
+def load_codec(cfg: Config) -> Codec:
+    return Codec.from_state(load_checkpoint(stage_dir(cfg) / "codec.pt", "codec"))
+
+
+def latents_manifest(cfg: Config) -> dict:
+    return read_json(stage_dir(cfg) / "manifest.json")

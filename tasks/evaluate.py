@@ -1,0 +1,144 @@
+"""Evaluation of one trained model: samples, standard FID/KID when the Inception weights can be had, the
+weight-free distances that always work offline, image grids and trajectory plots, and the champion score.
+
+Images are compared with the training split (FID's usual reference, statistics cached per dataset version);
+array data with the held-out split, beside the real-vs-real floor (train vs held-out).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logdiff_core import noise as noise_lib
+from logdiff_core import samplers
+from logdiff_core.metrics import (array_metrics, feature_statistics, kernel_inception_distance,
+                                  sliced_wasserstein_distance)
+
+from .config import Config, dump
+from .data import load_manifest, load_split
+from .fid import FIDUnavailable, InceptionFeatures, fid_from_features, reference_statistics, resolve_fid_weights
+from .io import atomic_save_with, write_json
+from .runtime import resolve_device
+from .encode import load_codec
+from .sample import TrainedModel, load_trained, schedule_from
+from .train import stage_dir as train_dir
+from .visuals import plot_histograms, plot_trajectories, save_image_grid
+
+# Lower is better for every metric a champion can be chosen by.
+WEIGHT_FREE = {"image": "swd_mean", "array": "wasserstein"}
+
+
+def stage_dir(cfg: Config, distribution: str) -> Path:
+    """Pictures and samples; the metrics sit beside it in ``<distribution>.json`` (DVC metrics can't nest in outs)."""
+    return cfg.work / "eval" / distribution
+
+
+def metrics_path(cfg: Config, distribution: str) -> Path:
+    return cfg.work / "eval" / f"{distribution}.json"
+
+
+def _subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(values) <= n:
+        return values
+    return values[np.sort(np.random.default_rng(seed).choice(len(values), n, replace=False))]
+
+
+def image_fid(cfg: Config, generated: np.ndarray, reference: np.ndarray, stats_cache: Path | None) -> dict:
+    """FID and KID of uint8 images against ``reference``; ``{"fid_unavailable": reason}`` without weights."""
+    if not cfg.eval.fid:
+        return {}
+    try:
+        extractor = InceptionFeatures(resolve_fid_weights(cfg.eval.fid_weights), resolve_device(cfg.train.device))
+    except FIDUnavailable as err:
+        if cfg.eval.fid_required:
+            raise FIDUnavailable(f"{err} (eval.fid_required is true)") from None
+        return {"fid_unavailable": str(err)}
+    if stats_cache is not None:
+        ref_features = None
+        ref_stats = reference_statistics(reference, extractor, stats_cache)
+    else:
+        ref_features = extractor(reference)
+        ref_stats = feature_statistics(ref_features)
+    features = extractor(generated)
+    result = {"fid": fid_from_features(features, ref_stats), "fid_samples": len(generated),
+              "fid_reference_samples": len(reference)}
+    if ref_features is not None:
+        result["kid"], result["kid_std"] = kernel_inception_distance(features, ref_features)
+    return result
+
+
+def sample_metrics(cfg: Config, kind: str, generated: np.ndarray, reference: np.ndarray,
+                   stats_cache: Path | None = None) -> dict:
+    """The metrics of ``generated`` against ``reference`` for this data kind (weight-free always, FID if it can)."""
+    if kind == "image":
+        return {**sliced_wasserstein_distance(generated, reference), **image_fid(cfg, generated, reference, stats_cache)}
+    return array_metrics(generated, reference)
+
+
+def champion_metric(cfg: Config, kind: str, metrics: dict) -> str:
+    """The metric champions are chosen by: ``eval.champion_metric``, or FID when available, else weight-free."""
+    if cfg.eval.champion_metric != "auto":
+        if cfg.eval.champion_metric not in metrics:
+            raise ValueError(f"eval.champion_metric={cfg.eval.champion_metric} was not computed; "
+                             f"available: {', '.join(sorted(k for k, v in metrics.items() if isinstance(v, float)))}")
+        return cfg.eval.champion_metric
+    return "fid" if "fid" in metrics else WEIGHT_FREE[kind]
+
+
+def curve_evaluator(cfg: Config, distribution: str, num_samples: int = 256):
+    """For training curves: the weight-free distance (and FID when available) of the EMA model every k steps."""
+    codec = load_codec(cfg)
+    reference_split = load_split(cfg.work / "data", "train" if codec.kind == "image" else "val")
+    reference = _subset(reference_split.values, num_samples, cfg.seed)
+    schedule = schedule_from(cfg.to_dict())
+    noise = noise_lib.get(distribution, **cfg.diffusion.distributions[distribution])
+
+    def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
+        model = TrainedModel(ema_model, schedule, noise, codec, distribution, cfg.to_dict())
+        device = next(ema_model.parameters()).device
+        generated = model.generate(len(reference), seed=cfg.seed + step, device=str(device), progress=False)
+        metrics = sample_metrics(cfg, codec.kind, generated, reference)
+        return {f"curve_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    return evaluate_now
+
+
+def evaluate(cfg: Config, distribution: str) -> dict:
+    """Sample ``eval.num_samples`` from the trained model and write ``metrics.json``, grids and plots."""
+    out = stage_dir(cfg, distribution)
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.yaml")
+    model = load_trained(train_dir(cfg, distribution))
+    kind = model.codec.kind
+    n = cfg.eval.num_samples
+    generated, latents = model.generate(n, seed=cfg.seed, device=cfg.train.device, return_latents=True)
+    data_manifest = load_manifest(cfg.work / "data")
+    if kind == "image":
+        reference = _subset(load_split(cfg.work / "data", "train").values, n, cfg.seed)
+        cache = cfg.work / "eval" / f"fid-reference-{data_manifest['content_hash'][:16]}-{len(reference)}.npz"
+        metrics = sample_metrics(cfg, kind, generated, reference, cache)
+        save_image_grid(generated[: cfg.eval.grid_size], out / "samples.png")
+    else:
+        held_out = load_split(cfg.work / "data", "val").values
+        train = _subset(load_split(cfg.work / "data", "train").values, len(held_out), cfg.seed)
+        metrics = sample_metrics(cfg, kind, generated, held_out)
+        metrics.update({f"floor_{k}": v for k, v in array_metrics(train, held_out).items()})
+        names = data_manifest.get("feature_names") or []
+        plot_histograms(generated, held_out, names, out / "histograms.png")
+        header = ",".join(names) if len(names) == generated.shape[1] else ""
+        atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(tmp, generated, delimiter=",", header=header,
+                                                                        comments="", fmt="%.6g"))
+    device = next(model.denoiser.parameters()).device  # where generate() put the model
+    trajectory = samplers.sample(model.denoiser, model.schedule.to(device), model.noise,
+                                 (8, *model.codec.latent_shape), sampler=cfg.sample.sampler, steps=cfg.sample.steps,
+                                 eta=cfg.sample.eta, generator=torch.Generator(device).manual_seed(cfg.seed),
+                                 device=device, return_trajectories=True)
+    plot_trajectories(trajectory.trajectory, trajectory.denoised, trajectory.timesteps, out / "trajectories.png")
+    chosen = champion_metric(cfg, kind, metrics)
+    record = {"distribution": distribution, "kind": kind, "num_samples": n, "sampler": cfg.sample.sampler,
+              "sampling_steps": cfg.sample.steps, **metrics, "champion_metric": chosen,
+              "champion_score": float(metrics[chosen]), "latent_std": float(latents.std())}
+    write_json(metrics_path(cfg, distribution), record)
+    return record

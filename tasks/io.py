@@ -1,0 +1,90 @@
+"""Atomic file writes and the small JSON records every stage leaves beside its outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Write through ``write(tmp_path)`` to a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_with(path: str | Path, save: Callable[[str], None]) -> Path:
+    """Atomic write for libraries that want a path (pyarrow, PIL, matplotlib)."""
+    return _atomic(path, save)
+
+
+def atomic_save_numpy(path: str | Path, array) -> Path:
+    import numpy as np
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file handle: np.save would append ".npy" to a bare temp name
+            np.save(fh, array)
+
+    return _atomic(path, save)
+
+
+def write_json(path: str | Path, record: dict) -> Path:
+    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def fingerprint(payload: dict) -> str:
+    """A short stable hash of a JSON-able dict: what a checkpoint must match to be resumed."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, what: str) -> dict:
+    """torch.load with a one-line error naming the file and the stage that makes it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} checkpoint {path} not found; run the stage that writes it first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{what} checkpoint {path} is unreadable ({type(err).__name__}); delete it and rerun") from None

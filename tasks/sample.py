@@ -1,0 +1,103 @@
+"""A trained model as one file (``model.pt``): EMA denoiser + schedule + noise + codec; load it and sample."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from logdiff_core import noise as noise_lib
+from logdiff_core import samplers
+from logdiff_core.networks import build_denoiser
+from logdiff_core.schedules import Schedule
+
+from .codec import Codec
+from .io import load_checkpoint
+from .runtime import resolve_device
+
+NETWORK_KEYS = ("base_channels", "channel_mults", "attention_resolution", "num_heads", "siren", "dropout",
+                "hidden", "layers")
+SCHEDULE_KEYS = ("schedule", "timesteps", "beta_start", "beta_end", "power")
+
+
+def network_spec(config: dict, latent_shape: tuple) -> dict:
+    network = config["network"]
+    return {"kind": network["kind"], "data_shape": list(latent_shape),
+            "kwargs": {k: network[k] for k in NETWORK_KEYS}}
+
+
+def schedule_from(config: dict) -> Schedule:
+    d = config["diffusion"]
+    return Schedule.from_config(d["schedule"], d["timesteps"], d["beta_start"], d["beta_end"], d["power"])
+
+
+def build_network(spec: dict) -> nn.Module:
+    return build_denoiser(spec["kind"], tuple(spec["data_shape"]), **spec["kwargs"])
+
+
+@dataclass
+class TrainedModel:
+    denoiser: nn.Module
+    schedule: Schedule
+    noise: noise_lib.NoiseDistribution
+    codec: Codec
+    distribution: str
+    config: dict
+    feature_names: list[str] | None = None  # array data: column names in the original units
+
+    @torch.no_grad()
+    def generate(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                 langevin_steps: int | None = None, langevin_snr: float | None = None, batch_size: int | None = None,
+                 seed: int = 0, device: str = "auto", progress: bool = True,
+                 return_latents: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
+        """``n`` samples in data units: uint8 [n, C, H, W] images or float [n, F] arrays.
+
+        Unset options fall back to the ``sample`` section of the config the model was trained with.
+        """
+        defaults = self.config["sample"]
+        opts = {"sampler": sampler or defaults["sampler"], "steps": steps or defaults["steps"],
+                "eta": defaults["eta"] if eta is None else eta,
+                "langevin_steps": defaults["langevin_steps"] if langevin_steps is None else langevin_steps,
+                "langevin_snr": langevin_snr or defaults["langevin_snr"]}
+        batch_size = batch_size or defaults["batch_size"]
+        dev = resolve_device(device)
+        self.denoiser.to(dev).eval()
+        schedule = self.schedule.to(dev)
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        outputs, latents = [], []
+        batches = math.ceil(n / batch_size)
+        for i in tqdm(range(batches), desc=f"sampling {self.distribution}", disable=not progress or batches == 1):
+            count = min(batch_size, n - i * batch_size)
+            result = samplers.sample(self.denoiser, schedule, self.noise, (count, *self.codec.latent_shape),
+                                     generator=generator, device=dev, progress=progress and batches == 1, **opts)
+            latents.append(result.samples.cpu())
+            outputs.append(self.codec.decode(result.samples))
+        data = np.concatenate(outputs)
+        return (data, torch.cat(latents)) if return_latents else data
+
+
+def model_bundle(denoiser: nn.Module, spec: dict, distribution: str, params: dict, codec: Codec, config: dict,
+                 feature_names: list[str] | None = None) -> dict:
+    return {"format": "logdiff-model/1", "network": spec, "state": denoiser.state_dict(),
+            "distribution": distribution, "noise_params": params, "codec": codec.state_dict(), "config": config,
+            "feature_names": feature_names}
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load ``model.pt`` (or the folder holding it) written by the train stage."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    bundle = load_checkpoint(path, "diffusion model")
+    if bundle.get("format") != "logdiff-model/1":
+        raise ValueError(f"{path} is not a LogDiff model file (expected format logdiff-model/1)")
+    denoiser = build_network(bundle["network"])
+    denoiser.load_state_dict(bundle["state"])
+    return TrainedModel(denoiser.eval(), schedule_from(bundle["config"]),
+                        noise_lib.get(bundle["distribution"], **bundle["noise_params"]),
+                        Codec.from_state(bundle["codec"]), bundle["distribution"], bundle["config"],
+                        bundle.get("feature_names"))

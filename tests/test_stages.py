@@ -1,0 +1,102 @@
+"""The stage functions end to end on tiny settings: ingest -> autoencoder -> encode -> train -> evaluate."""
+import numpy as np
+import pytest
+import torch
+
+from tasks import config
+from tasks.autoencoder import train_autoencoder
+from tasks.encode import encode_latents, load_latents
+from tasks.evaluate import evaluate, metrics_path
+from tasks.ingest import ingest
+from tasks.io import read_json
+from tasks.sample import load_trained
+from tasks.train import stage_dir, train_diffusion
+
+TINY = [
+    "data.limit=300", "autoencoder.steps=20", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
+    "autoencoder.checkpoint_every=10", "network.base_channels=8", "network.num_heads=2", "train.steps=30",
+    "train.batch_size=32", "train.log_every=10", "train.checkpoint_every=10", "train.eval_every=0",
+    "train.warmup_steps=5", "sample.steps=8", "eval.num_samples=48", "eval.fid=false", "eval.grid_size=16",
+]
+
+
+def tiny_config(workdir, *extra):
+    return config.load("demo", [f"workdir={workdir}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("stages") / "work")
+    ingest(cfg)
+    ae_record = train_autoencoder(cfg)
+    latents = encode_latents(cfg)
+    return cfg, ae_record, latents
+
+
+def test_autoencoder_and_encoding(encoded):
+    cfg, ae_record, latents = encoded
+    assert ae_record["kind"] == "conv" and 5 < ae_record["val_psnr"] < 60 and ae_record["val_rswd"] > 0
+    assert ae_record["images_per_s"] > 0 and "rfid" not in ae_record  # eval.fid=false: no FID attempted
+    assert latents["latent_shape"] == [3, 4, 4] and latents["counts"] == {"train": 270, "val": 30}
+    train = load_latents(cfg, "train")
+    assert train.std().item() == pytest.approx(1.0, rel=1e-4)  # the latent scale factor makes unit variance
+    assert (cfg.work / "autoencoder" / "reconstructions.png").stat().st_size > 0
+
+
+def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
+    cfg, _, _ = encoded
+    train_diffusion(cfg, "laplace", progress=False)
+    reference = torch.load(stage_dir(cfg, "laplace") / "model.pt", weights_only=False)["state"]
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_20(step, metrics):
+        if step == 20:
+            raise Killed
+
+    # a second, interrupted run in a fresh stage folder: resume must reproduce the uninterrupted weights exactly
+    (stage_dir(cfg, "laplace") / "checkpoint.pt").unlink()
+    (stage_dir(cfg, "laplace") / "model.pt").unlink()
+    with pytest.raises(Killed):
+        train_diffusion(cfg, "laplace", callback=kill_at_step_20, progress=False)
+    assert not (stage_dir(cfg, "laplace") / "model.pt").exists()
+    record = train_diffusion(cfg, "laplace", progress=False)
+    assert record["resumed_from"] == 10  # the kill came before the step-20 checkpoint
+    resumed = torch.load(stage_dir(cfg, "laplace") / "model.pt", weights_only=False)["state"]
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(encoded):
+    cfg, _, _ = encoded
+    train_diffusion(cfg, "uniform", progress=False)
+    changed = config.load("demo", [f"workdir={cfg.workdir}", *TINY, "train.lr=0.0005"])
+    assert train_diffusion(changed, "uniform", progress=False)["resumed_from"] == 0
+
+
+def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
+    cfg, _, _ = encoded
+    record = train_diffusion(cfg, "gaussian", progress=False)
+    assert record["steps"] == 30 and np.isfinite(record["final_loss"])
+    history = (stage_dir(cfg, "gaussian") / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,") and len(history) == 4
+    result = evaluate(cfg, "gaussian")
+    assert result == read_json(metrics_path(cfg, "gaussian"))
+    assert result["champion_metric"] == "swd_mean" and result["champion_score"] > 0
+    assert result["num_samples"] == 48
+    for name in ("samples.png", "trajectories.png"):
+        assert (cfg.work / "eval" / "gaussian" / name).stat().st_size > 0
+    model = load_trained(stage_dir(cfg, "gaussian"))
+    images = model.generate(5, steps=4, progress=False)
+    assert images.dtype == np.uint8 and images.shape == (5, 1, 8, 8)
+
+
+def test_unknown_distribution_and_missing_inputs(tmp_path, encoded):
+    cfg, _, _ = encoded
+    with pytest.raises(ValueError, match="not in diffusion.distributions"):
+        train_diffusion(cfg, "student_t")
+    empty = tiny_config(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="run the ingest stage"):
+        train_autoencoder(empty)
+    with pytest.raises(FileNotFoundError, match="latents"):
+        train_diffusion(empty, "gaussian")
