@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows, Ray fan-out, DVC and MLflow wiring."""

@@ -1,0 +1,157 @@
+"""``logdiff``: run, schedule and inspect the pipeline; run single stages (what ``dvc.yaml`` calls); sample.
+
+Heavy imports (torch, Prefect, Ray, MLflow) happen inside the commands, so ``logdiff --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+STAGES = ("ingest", "autoencoder", "encode", "train", "evaluate")
+PARAMS_FILE = "params.yaml"
+
+EPILOG = """\
+examples:
+  logdiff run                                  # the demo preset: digits, five noise distributions
+  logdiff run cifar10 data.path=train.zip      # a preset plus key=value overrides
+  logdiff serve --cron "0 3 * * *"             # a scheduled Prefect deployment (starts a local server)
+  logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
+  logdiff sample --model models:/ngldm-digits-laplace@champion -n 64 -o grid.png
+  logdiff stage train --distribution laplace   # one stage from params.yaml (what dvc repro runs)
+  logdiff config cifar10 train.steps=10        # print the resolved, validated config
+"""
+
+
+def _add_preset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("preset", nargs="?", default="demo",
+                        help="preset name in conf/ (demo, cifar10, ...) or a YAML path (default: demo)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.steps=500 'diffusion.distributions={laplace: {}}'")
+    parser.add_argument("--project-dir", default=".", help="where params.yaml, dvc.yaml, artifacts and mlflow.db live")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logdiff", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train and compare latent diffusion models with non-Gaussian noise: Prefect flow, Ray "
+                    "training fan-out, DVC-versioned stages, MLflow tracking and registry.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    run = sub.add_parser("run", help="run the whole pipeline once (Prefect flow, local ephemeral API)")
+    _add_preset_args(run)
+    run.add_argument("--force", action="store_true", help="rerun every stage even if DVC says it is up to date")
+
+    serve = sub.add_parser("serve", help="serve the flow as a scheduled deployment (starts a Prefect server "
+                                         "on 127.0.0.1 unless PREFECT_API_URL is set)")
+    _add_preset_args(serve)
+    serve.add_argument("--cron", required=True, help='cron schedule, e.g. "0 3 * * *"')
+    serve.add_argument("--name", default=None, help="deployment name (default: logdiff-<preset>)")
+    serve.add_argument("--port", type=int, default=4200, help="port of the local Prefect server")
+
+    stage = sub.add_parser("stage", help="run one stage from params.yaml (the commands dvc.yaml runs)")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("--distribution", help="noise distribution (train and evaluate)")
+    stage.add_argument("--params", default=PARAMS_FILE, help="resolved config file (default: params.yaml)")
+
+    sample = sub.add_parser("sample", help="draw samples from a registered or local model")
+    sample.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model.pt path / train folder")
+    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("-o", "--output", default="samples.png",
+                        help="output: .png grid for images; .csv or .parquet for array data")
+    sample.add_argument("--sampler", default=None, help="ddpm, ddim or heun (default: the model's config)")
+    sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's config)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto")
+    sample.add_argument("--project-dir", default=".", help="where mlflow.db lives (unless MLFLOW_TRACKING_URI)")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the project's store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--project-dir", default=".")
+
+    cfg = sub.add_parser("config", help="print the resolved, validated config (or list presets)")
+    _add_preset_args(cfg)
+    cfg.add_argument("--list", action="store_true", help="list the presets")
+    return parser
+
+
+def _stage(args) -> None:
+    from tasks import config
+
+    cfg = config.load(args.params)
+    if args.name in ("train", "evaluate") and not args.distribution:
+        raise ValueError(f"logdiff stage {args.name} needs --distribution (one of {', '.join(cfg.diffusion.distributions)})")
+    from flows import stages
+
+    stages.run_stage(cfg, args.name, args.distribution)
+
+
+def _sample(args) -> None:
+    from flows.sampling import sample_to_file
+
+    path = sample_to_file(args.model, args.n, args.output, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                          device=args.device, project_dir=args.project_dir)
+    print(f"wrote {path}")
+
+
+def _run(args) -> None:
+    from flows.pipeline import run_pipeline
+
+    summary = run_pipeline(args.preset, args.overrides, project_dir=args.project_dir, force=args.force)
+    from flows.pipeline import print_summary
+
+    print_summary(summary)
+
+
+def _serve(args) -> None:
+    from flows.schedule import serve
+
+    serve(args.preset, args.overrides, cron=args.cron, name=args.name, project_dir=args.project_dir,
+          port=args.port)
+
+
+def _ui(args) -> None:
+    from flows.tracking import ui_command
+
+    argv = ui_command(Path(args.project_dir).resolve(), port=args.port)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    os.execvp(argv[0], argv)
+
+
+def _config(args) -> None:
+    import yaml
+
+    from tasks import config
+
+    if args.list:
+        print("\n".join(config.preset_names()))
+        return
+    print(yaml.safe_dump(config.load(args.preset, args.overrides).to_dict(), sort_keys=False), end="")
+
+
+COMMANDS = {"stage": _stage, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui, "config": _config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tasks.config import ConfigError
+
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError)
+    try:
+        from tasks.fid import FIDUnavailable
+
+        user_errors += (FIDUnavailable,)
+        COMMANDS[args.command](args)
+    except user_errors as err:
+        print(f"logdiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Ray fan-out of the training stage: one Ray task per noise distribution (sharing GPUs by fraction), or Ray
+Train (TorchTrainer, DDP) across ``train.num_workers`` workers for one distribution.
+
+``ray.init()`` starts a local Ray by default; ``RAY_ADDRESS`` joins an existing cluster. GPU requests are made
+only when the cluster has GPUs: a task asking for a GPU on a CPU-only cluster would wait forever.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from tasks.config import Config, from_dict
+
+StepCallback = Callable[[int, dict], None]
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    # workers must log nothing about usage, and find the same MLflow store as the driver
+    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAY_USAGE_STATS_ENABLED") if k in os.environ}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+def gpus_per_task(cfg: Config) -> float:
+    import ray
+
+    return cfg.train.gpus_per_worker if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _train_one(cfg_dict: dict, distribution: str, callback: StepCallback | None, num_threads: int) -> dict:
+    import torch
+
+    from flows.stages import run_stage
+
+    torch.set_num_threads(num_threads)  # Ray sets no thread cap: two CPU tasks would fight over the cores
+    return run_stage(from_dict(cfg_dict), "train", distribution, callback=callback)
+
+
+def train_distributions(cfg: Config, distributions: list[str],
+                        callbacks: dict[str, StepCallback | None]) -> dict[str, dict | BaseException]:
+    """Train each distribution as its own Ray work; a distribution that fails (e.g. diverges) is reported as its
+    exception and does not stop the others."""
+    import ray
+
+    init_ray()
+    if cfg.train.num_workers > 1:
+        return {d: _capture(lambda d=d: train_ddp(cfg, d, callbacks.get(d))) for d in distributions}
+    gpus = gpus_per_task(cfg)
+    remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus, max_retries=0)
+    threads = max(1, int(cfg.train.cpus_per_worker))
+    pending = {remote.remote(cfg.to_dict(), d, callbacks.get(d), threads): d for d in distributions}
+    results: dict[str, dict | BaseException] = {}
+    with tqdm(total=len(pending), desc=f"training {len(pending)} distributions (Ray)") as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            distribution = pending.pop(done[0])
+            results[distribution] = _capture(lambda: ray.get(done[0]))
+            bar.set_postfix_str(distribution)
+            bar.update()
+    return results
+
+
+def _capture(call: Callable[[], dict]) -> dict | BaseException:
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - reported per distribution by the caller
+        return getattr(err, "cause", None) or err
+
+
+def _ddp_loop(config: dict) -> None:
+    from flows.stages import run_stage
+
+    run_stage(from_dict(config["cfg"]), "train", config["distribution"], callback=config["callback"])
+
+
+def train_ddp(cfg: Config, distribution: str, callback: StepCallback | None = None) -> dict:
+    """One distribution across ``train.num_workers`` Ray Train workers (DDP; gloo on CPU, NCCL on GPU)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tasks.io import read_json
+    from tasks.train import stage_dir
+
+    init_ray()
+    use_gpu = gpus_per_task(cfg) > 0
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _ddp_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "distribution": distribution, "callback": callback},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        # a unique name: Ray Train silently resumes a run whose name already exists under storage_path
+        run_config=RunConfig(name=f"{distribution}-{uuid.uuid4().hex[:8]}",
+                             storage_path=str(Path(cfg.workdir).resolve() / "ray_results")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return read_json(stage_dir(cfg, distribution) / "record.json")

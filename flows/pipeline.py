@@ -1,0 +1,223 @@
+"""The LogDiff pipeline as a Prefect flow:
+
+ingest -> autoencoder -> encode -> train (Ray, one per distribution) -> evaluate -> register (MLflow)
+
+DVC decides what is stale: a stage runs only when ``dvc status`` says its deps or params changed (or with
+``force``), and is recorded with ``dvc commit`` afterwards, so after a flow run ``dvc status`` is clean and
+``dvc repro`` agrees with the flow. One MLflow parent run per flow run; a child run per stage and per
+distribution.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flows import tracking
+from flows.stages import dvc_stage_name, run_stage, stage_pictures
+from tasks import config
+from tasks.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = ("ingest", "autoencoder", "encode")
+
+
+def prepare_project(project_dir: Path, cfg: Config) -> None:
+    """Make ``project_dir`` a DVC project running this pipeline and write the resolved config as params.yaml."""
+    project_dir.mkdir(parents=True, exist_ok=True)
+    if not (project_dir / "dvc.yaml").exists():
+        shutil.copy(REPO_ROOT / "dvc.yaml", project_dir / "dvc.yaml")
+    if not (project_dir / ".dvc").exists():
+        in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=project_dir, capture_output=True).returncode == 0
+        _dvc(project_dir, ["init", "--quiet", *([] if in_git else ["--no-scm"])])
+        _dvc(project_dir, ["config", "core.autostage", "false"])
+    config.dump(cfg, project_dir / "params.yaml")
+
+
+def _dvc(project_dir: Path, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+    return result
+
+
+def stale_stages(project_dir: Path, names: list[str]) -> set[str]:
+    """The DVC stages among ``names`` whose deps, params or outputs changed since they were last recorded."""
+    # the CLI, not dvc.repo.Repo: in-process DVC resolves dvc.yaml's `vars` files against the caller's cwd
+    status = json.loads(_dvc(project_dir, ["status", "--json", *names]).stdout or "{}")
+    return {name for name in names if name in status}
+
+
+def commit_stages(project_dir: Path, names: list[str]) -> None:
+    """Record outputs produced by the flow in dvc.lock, as ``dvc repro`` would have."""
+    if names:
+        _dvc(project_dir, ["commit", "--force", "--quiet", *names])
+
+
+@task(name="stage", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="{stage}")
+def stage_task(cfg: Config, stage: str, parent_run_id: str) -> dict:
+    with tracking.child_run(parent_run_id, stage, params=stage_params(cfg, stage)) as run_id:
+        record = run_stage(cfg, stage, callback=tracking.MetricLogger(mlflow_uri(), run_id))
+        tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, stage))
+    return record
+
+
+@task(name="train-all", cache_policy=NONE)
+def train_task(cfg: Config, distributions: list[str], run_ids: dict[str, str]) -> dict:
+    from flows.distributed import train_distributions
+
+    uri = mlflow_uri()
+    callbacks = {d: tracking.MetricLogger(uri, run_ids[d]) for d in distributions}
+    results = train_distributions(cfg, distributions, callbacks)
+    for distribution, result in results.items():
+        if isinstance(result, dict):
+            tracking.log_stage_outputs(run_ids[distribution], result, stage_pictures(cfg, "train", distribution))
+    return results
+
+
+@task(name="evaluate", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="evaluate-{distribution}")
+def evaluate_task(cfg: Config, distribution: str, run_id: str) -> dict:
+    record = run_stage(cfg, "evaluate", distribution)
+    tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "evaluate", distribution))
+    return record
+
+
+@task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE, task_run_name="register-{distribution}")
+def register_task(cfg: Config, distribution: str, run_id: str, tags: dict) -> dict:
+    from tasks.evaluate import metrics_path
+    from tasks.io import read_json
+    from tasks.train import stage_dir
+
+    metrics = read_json(metrics_path(cfg, distribution))
+    registered = tracking.register_model(stage_dir(cfg, distribution) / "model.pt", dataset=dataset_name(cfg),
+                                         distribution=distribution, run_id=run_id, score=metrics["champion_score"],
+                                         metric=metrics["champion_metric"], tags=tags)
+    return {**registered, "metric": metrics["champion_metric"]}
+
+
+def mlflow_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def stage_params(cfg: Config, stage: str) -> dict:
+    """The config sections a stage reads, logged as its run's params."""
+    sections = {"ingest": ("seed", "data"), "autoencoder": ("seed", "autoencoder"), "encode": ("diffusion",),
+                "distribution": ("seed", "network", "diffusion", "train", "sample", "eval")}[stage]
+    return {k: v for k, v in cfg.to_dict().items() if k in sections}
+
+
+def lineage_hashes(project: Path, cfg: Config) -> dict:
+    """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder."""
+    import yaml
+
+    from tasks.data import load_manifest
+
+    lock = project / "dvc.lock"
+    outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("ingest", {}).get("outs", []) if lock.exists() else []
+    return {"data_content_hash": load_manifest(Path(cfg.workdir) / "data")["content_hash"],
+            "dvc_data_md5": outs[0].get("md5", "") if outs else ""}
+
+
+@contextmanager
+def distribution_runs(parent_id: str, cfg: Config, tags: dict) -> Iterator[dict[str, str]]:
+    """One MLflow child run per distribution (training curves, evaluation, registered model), open together so
+    Ray workers can log into them concurrently."""
+    with ExitStack() as stack:
+        yield {d: stack.enter_context(tracking.child_run(
+                   parent_id, d, params={**stage_params(cfg, "distribution"), "noise": {d: params}},
+                   tags={**tags, "distribution": d}))
+               for d, params in cfg.diffusion.distributions.items()}
+
+
+def dataset_name(cfg: Config) -> str:
+    if cfg.data.source in ("folder", "arrays") and cfg.data.path:
+        stem = Path(cfg.data.path).name.split(".")[0]
+        return "".join(c if c.isalnum() else "-" for c in stem.lower()) or cfg.data.source
+    return cfg.data.source
+
+
+@flow(name="logdiff-pipeline", log_prints=True)
+def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_dir: str = ".",
+             force: bool = False) -> dict:
+    """Run every stale stage of the pipeline for ``preset`` + ``overrides`` in ``project_dir``."""
+    logger = get_run_logger()
+    project = Path(project_dir).resolve()
+    cfg = config.load(preset, overrides or [])
+    prepare_project(project, cfg)
+    # stages resolve paths against the project, wherever Prefect or Ray run them
+    run_cfg = replace(cfg, workdir=str(project / cfg.workdir))
+    distributions = list(cfg.diffusion.distributions)
+    upstream_names = list(UPSTREAM)
+    all_names = upstream_names + [dvc_stage_name(s, d) for s in ("train", "evaluate") for d in distributions]
+    stale = set(all_names) if force else stale_stages(project, all_names)
+    logger.info("stale stages: %s", ", ".join(n for n in all_names if n in stale) or "none")
+
+    lineage = {"git_commit": tracking.git_commit(project), "prefect_flow_run_id": _flow_run_id(),
+               "preset": preset}
+    summary: dict = {"stages_run": [], "distributions": {}}
+    with tracking.start_parent_run(cfg, project, tags=lineage) as parent_id:
+        # an upstream change makes everything below it stale too (DVC reports that as changed deps)
+        for stage in UPSTREAM:
+            if stage in stale:
+                stage_task(run_cfg, stage, parent_id)
+                commit_stages(project, [stage])
+                summary["stages_run"].append(stage)
+                stale |= set(stale_stages(project, all_names))
+        lineage.update(lineage_hashes(project, run_cfg))
+        to_train = [d for d in distributions if dvc_stage_name("train", d) in stale]
+        with distribution_runs(parent_id, cfg, lineage) as run_ids:
+            if to_train:
+                results = train_task(run_cfg, to_train, run_ids)
+                trained = [d for d in to_train if isinstance(results[d], dict)]
+                commit_stages(project, [dvc_stage_name("train", d) for d in trained])
+                summary["stages_run"] += [dvc_stage_name("train", d) for d in trained]
+                for d in to_train:
+                    if not isinstance(r := results[d], dict):
+                        summary["distributions"][d] = {"error": f"training failed: {type(r).__name__}: {r}"}
+                        logger.error("%s: training failed: %s", d, r)
+                stale |= set(stale_stages(project, all_names))
+            for d in distributions:
+                if "error" in summary["distributions"].get(d, {}):
+                    continue
+                if dvc_stage_name("evaluate", d) in stale:
+                    evaluate_task(run_cfg, d, run_ids[d])
+                    commit_stages(project, [dvc_stage_name("evaluate", d)])
+                    summary["stages_run"].append(dvc_stage_name("evaluate", d))
+                summary["distributions"][d] = register_task(run_cfg, d, run_ids[d], lineage)
+    return summary
+
+
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
+
+
+def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False) -> dict:
+    config.load(preset, overrides)  # a config mistake is a one-line error before Prefect starts
+    return pipeline(preset, list(overrides), str(project_dir), force)
+
+
+def print_summary(summary: dict) -> None:
+    ran = ", ".join(summary["stages_run"]) or "nothing (everything up to date)"
+    print(f"\nstages run: {ran}")
+    print(f"{'distribution':<22}{'metric':<14}{'score':>12}  {'version':>7}  champion")
+    for name, info in summary["distributions"].items():
+        if "error" in info:
+            print(f"{name:<22}{info['error']}")
+            continue
+        marker = "yes (new)" if info["champion"] else f"v{info['champion_version']}"
+        print(f"{name:<22}{info['metric']:<14}{info['score']:>12.4f}  {info['version']:>7}  {marker}")

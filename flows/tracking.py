@@ -1,0 +1,329 @@
+"""MLflow wiring: the project's tracking store, pipeline/stage runs, per-step metrics, and the model registry.
+
+Store: ``sqlite:///<project_dir>/mlflow.db`` with artifacts in ``<project_dir>/mlartifacts`` unless
+``MLFLOW_TRACKING_URI`` is set. Runs are made through ``MlflowClient`` with explicit run ids (no fluent "active run"),
+so stages can log from threads, Ray workers or other processes given only the tracking URI and a run id.
+
+Registry: one registered model ``ngldm-<dataset>-<distribution>`` per noise distribution. Each version is a pyfunc
+``NGLDMSampler`` wrapping the train stage's ``model.pt``; the alias ``champion`` moves only to a better (lower) score.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+# Before mlflow is imported: no progress bars in stage logs, no telemetry calls from an offline machine.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import Model, ModelSignature  # noqa: E402
+from mlflow.types import ColSpec, Schema  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID  # noqa: E402
+from mlflow.utils.time import get_current_time_millis  # noqa: E402
+
+from tasks.config import Config  # noqa: E402
+from tasks.io import sha256_file  # noqa: E402
+from tasks.sample import TrainedModel, load_trained  # noqa: E402
+
+log = logging.getLogger(__name__)
+# A python_model object is cloudpickled by design (its class is importable from this module): drop the per-log notice.
+logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "CloudPickle" not in record.getMessage())
+
+CHAMPION = "champion"
+MODEL_NAME = "model"  # the logged model's name inside its run
+# Explicit requirements: inferring them loads the model in a subprocess (~8 s) and lists unrelated packages.
+PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "logdiff"]
+INPUT_SCHEMA = Schema([ColSpec("long", "n"), ColSpec("long", "seed", required=False),
+                       ColSpec("string", "sampler", required=False), ColSpec("long", "steps", required=False)])
+# Shown in the UI as the input format; MLflow also checks at log time that the logged model loads and predicts it.
+INPUT_EXAMPLE = pd.DataFrame({"n": [1], "steps": [1]})
+
+
+def tracking_uri(project_dir: str | Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(project_dir: str | Path) -> str:
+    return str(Path(project_dir).resolve() / "mlartifacts")
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def use_store(project_dir: str | Path) -> str:
+    """Make the project's store MLflow's current tracking and registry store; return its URI."""
+    uri = tracking_uri(project_dir)
+    override = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if override is None:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then read as a user override and pin
+        # every later project in this process to this store.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return uri
+
+
+def setup(experiment_name: str, project_dir: str | Path) -> str:
+    """Point MLflow at the project's store and return the id of experiment ``experiment_name`` (made if missing)."""
+    uri = use_store(project_dir)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        # A server picks its own artifact store; a local store keeps artifacts beside the project.
+        return client.create_experiment(experiment_name,
+                                        artifact_location=None if _is_remote(uri) else artifact_root(project_dir))
+    if experiment.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot be created in it until restored
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def git_commit(project_dir: str | Path) -> str:
+    try:
+        result = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):  # no git, not a repository, or no commit yet
+        return "unknown"
+    return result.stdout.strip()
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``; an empty dict stays a leaf so its key is kept."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _metrics(values: dict, step: int) -> list[Metric]:
+    """The real-valued entries of ``values`` (nested dicts flattened) as MLflow metrics at ``step``."""
+    timestamp = get_current_time_millis()
+    return [Metric(key, float(value), timestamp, step) for key, value in flatten(values).items()
+            if isinstance(value, numbers.Real) and not isinstance(value, bool)]
+
+
+class MetricLogger:
+    """Per-step metric callback ``logger(step, {"loss": ..., "lr": ...})`` usable from any process.
+
+    Only the tracking URI and run id are pickled; each process opens its own client on first use.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        self._client.log_batch(self.run_id, metrics=_metrics(metrics, step))
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in flatten(params).items()])
+
+
+@contextmanager
+def _run(experiment_id: str, name: str, tags: dict) -> Iterator[str]:
+    """A run that ends FINISHED, or FAILED if the block raises (the exception propagates)."""
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    status = RunStatus.FAILED
+    try:
+        yield run_id
+        status = RunStatus.FINISHED
+    finally:
+        client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+@contextmanager
+def start_parent_run(cfg: Config, project_dir: str | Path, tags: dict) -> Iterator[str]:
+    """The pipeline run in experiment ``cfg.name``: the resolved config as params and ``config.yaml``, the
+    project's git commit and the caller's lineage ``tags`` (e.g. DVC data hash, Prefect flow-run id)."""
+    experiment_id = setup(cfg.name, project_dir)
+    with _run(experiment_id, "pipeline", {MLFLOW_GIT_COMMIT: git_commit(project_dir), **tags}) as run_id:
+        client = MlflowClient()
+        config = cfg.to_dict()
+        _log_params(client, run_id, config)
+        client.log_dict(run_id, config, "config.yaml")
+        yield run_id
+
+
+@contextmanager
+def child_run(parent_run_id: str, name: str, params: dict | None = None,
+              tags: dict | None = None) -> Iterator[str]:
+    """A stage or distribution run nested under ``parent_run_id`` (same experiment)."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    with _run(experiment_id, name, {MLFLOW_PARENT_RUN_ID: parent_run_id, **(tags or {})}) as run_id:
+        _log_params(client, run_id, params or {})
+        yield run_id
+
+
+def log_stage_outputs(run_id: str, metrics: dict, artifacts: Iterable[str | Path] = ()) -> None:
+    """A stage's result: its numbers (nested dicts flattened; other values skipped) as metrics, and its files."""
+    client = MlflowClient()
+    client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+
+
+class NGLDMSampler(mlflow.pyfunc.PythonModel):
+    """A LogDiff ``model.pt`` as an MLflow pyfunc model.
+
+    Input: a DataFrame, one request per row: ``n`` (samples to draw) and optional ``seed`` (default 0),
+    ``sampler`` and ``steps`` (default: the model's config). Output: the samples of all rows in row order, as a
+    DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a uint8
+    [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
+    """
+
+    def load_context(self, context) -> None:
+        self.trained = load_trained(context.artifacts["model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return pd.concat([self._frame(self._generate(row)) for row in model_input.to_dict("records")],
+                         ignore_index=True)
+
+    def _generate(self, request: dict) -> np.ndarray:
+        given = {key: value for key, value in request.items() if value is not None and not pd.isna(value)}
+        return self.trained.generate(int(given["n"]), seed=int(given.get("seed", 0)), sampler=given.get("sampler"),
+                                     steps=int(given["steps"]) if "steps" in given else None, progress=False)
+
+    def _frame(self, samples: np.ndarray) -> pd.DataFrame:
+        if self.trained.codec.kind == "image":
+            return pd.DataFrame({"image": list(samples)})
+        return pd.DataFrame(samples, columns=[f"x{i}" for i in range(samples.shape[1])])
+
+
+def registered_name(dataset: str, distribution: str) -> str:
+    return f"ngldm-{dataset}-{distribution}"
+
+
+def _version_with_sha(client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
+    found = client.search_model_versions(f"name = '{name}' and tags.model_sha256 = '{sha}'")
+    return found[0] if found else None
+
+
+def _log_and_register(client: MlflowClient, model_path: Path, name: str, run_id: str, tags: dict) -> ModelVersion:
+    experiment_id = client.get_run(run_id).info.experiment_id
+    # Made here, not by Model.log: without an active fluent run Model.log files the model under the
+    # default experiment (and a ./mlruns folder) instead of the run's experiment.
+    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
+    # Model.log rather than pyfunc.log_model: only it takes a run_id (artifact_path: deprecated, without default).
+    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, python_model=NGLDMSampler(),
+                     artifacts={"model": str(model_path)}, signature=ModelSignature(inputs=INPUT_SCHEMA),
+                     input_example=INPUT_EXAMPLE, pip_requirements=PIP_REQUIREMENTS, run_id=run_id,
+                     model_id=logged.model_id)
+    return mlflow.register_model(info.model_uri, name, tags=tags)
+
+
+def _promote_if_better(client: MlflowClient, name: str, version: ModelVersion) -> int:
+    """Move ``champion`` to ``version`` when its score is lower on the same metric; return the champion version."""
+    aliases = client.get_registered_model(name).aliases
+    if CHAMPION in aliases:
+        current = client.get_model_version(name, aliases[CHAMPION])
+        if current.tags.get("champion_metric") != version.tags["champion_metric"]:
+            log.warning("%s: champion v%s is scored on %r, v%s on %r; not comparable, champion kept", name,
+                        current.version, current.tags.get("champion_metric"), version.version,
+                        version.tags["champion_metric"])
+            return int(current.version)
+        if not float(version.tags["score"]) < float(current.tags["score"]):
+            return int(current.version)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return int(version.version)
+
+
+def register_model(model_path: str | Path, *, dataset: str, distribution: str, run_id: str, score: float,
+                   metric: str, tags: dict) -> dict:
+    """Register ``model.pt`` (logged as a pyfunc in run ``run_id``) as a new version of
+    ``ngldm-<dataset>-<distribution>``, tagged with its sha256, score and lineage ``tags``.
+
+    A file already registered (same sha256) returns its existing version, so reruns are idempotent. ``champion``
+    moves to the version only when its score is lower than the champion's. Call ``setup`` first.
+    """
+    client = MlflowClient()
+    model_path = Path(model_path)
+    name = registered_name(dataset, distribution)
+    sha = sha256_file(model_path)
+    version = _version_with_sha(client, name, sha)
+    if version is None:
+        version_tags = {**tags, "model_sha256": sha, "champion_metric": metric, "score": repr(float(score)),
+                        "dataset": dataset, "distribution": distribution}
+        version = _log_and_register(client, model_path, name, run_id, version_tags)
+    champion_version = _promote_if_better(client, name, version)
+    return {"name": name, "version": int(version.version), "champion": champion_version == int(version.version),
+            "champion_version": champion_version, "score": float(version.tags["score"])}
+
+
+def _check_registry_uri(client: MlflowClient, uri: str) -> None:
+    """One-line ValueErrors for a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` naming an unknown model or
+    alias; ``models:/m-<id>`` (a logged model, not a registered one) passes."""
+    path = uri.removeprefix("models:/")
+    name, has_alias, alias = path.partition("@")
+    if not has_alias:
+        name, has_version, _ = path.partition("/")
+        if not has_version:
+            return
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        registered = ", ".join(sorted(m.name for m in client.search_registered_models())) or "none"
+        raise ValueError(f"no model {name!r} in the registry at {mlflow.get_registry_uri()}; "
+                         f"registered: {registered}") from None
+    if has_alias and alias not in aliases:
+        known = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+        raise ValueError(f"model {name!r} has no alias {alias!r}; aliases: {known}")
+
+
+def load_registered(uri: str, project_dir: str | Path | None = None) -> TrainedModel:
+    """The TrainedModel behind ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a ``runs:/`` / artifact URI.
+
+    ``project_dir`` picks the project's store (else MLflow's current tracking URI is used).
+    """
+    if project_dir is not None:
+        use_store(project_dir)
+    if uri.startswith("models:/"):
+        _check_registry_uri(MlflowClient(), uri)
+    try:
+        # suppress_warnings: skips a requirements check that scans every installed package (seconds)
+        model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
+    except MlflowException as err:
+        raise ValueError(f"cannot load {uri}: {err.message.splitlines()[0]}") from None
+    sampler = model.unwrap_python_model()
+    if not isinstance(sampler, NGLDMSampler):
+        raise ValueError(f"{uri} is a {type(sampler).__name__} model, not a LogDiff NGLDMSampler")
+    return sampler.trained
+
+
+def ui_command(project_dir: str | Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """argv for ``mlflow ui`` on the project's store and artifact root."""
+    uri = tracking_uri(project_dir)
+    if _is_remote(uri):
+        raise ValueError(f"MLFLOW_TRACKING_URI is a server ({uri}): open it in a browser instead")
+    # One worker serves one user; the default four start slower and weigh more on a small machine.
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--default-artifact-root", artifact_root(project_dir), "--host", host, "--port", str(port),
+            "--workers", "1"]
