@@ -24,6 +24,31 @@ def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torc
     return (x_t - _per_sample(schedule.sqrt_one_minus_abar, t, x_t) * eps) / _per_sample(schedule.sqrt_abar, t, x_t)
 
 
+class EpsPreconditioner(nn.Module):
+    """``eps(x_t, t) = c_skip(t) x_t + c_out(t) F(x_t, t)``: preconditioning kept apart from the backbone ``F``
+    (as in EDM), here for epsilon-prediction.
+
+    ``c_skip = sqrt(1 - abar) / (abar s^2 + 1 - abar)`` is the best linear estimate of the noise from ``x_t`` for
+    data of variance ``s^2`` and *any* unit-variance noise, and ``c_out`` scales the remainder to unit variance.
+    Near pure noise the backbone's errors are then shrunk by ``c_out ~ sqrt(abar)`` instead of being amplified
+    by ``1 / sqrt(abar)`` in the clean-data estimate, which is what makes few-step samplers stable.
+    """
+
+    def __init__(self, backbone: nn.Module, schedule: Schedule, data_std: float = 1.0):
+        super().__init__()
+        self.backbone = backbone
+        abar = schedule.alpha_bars64
+        var_x = abar * data_std**2 + 1 - abar
+        c_skip = (1 - abar).sqrt() / var_x
+        c_out = (1 - (1 - abar) / var_x).clamp_min(0).sqrt()  # std of eps - c_skip x_t
+        self.register_buffer("c_skip", c_skip.float(), persistent=False)
+        self.register_buffer("c_out", c_out.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(x, t)
+        return _per_sample(self.c_skip, t, out) * x + _per_sample(self.c_out, t, out) * out
+
+
 def training_loss(model: nn.Module, schedule: Schedule, noise: NoiseDistribution, x0: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """MSE between the drawn noise and the model's prediction at a uniformly drawn timestep."""

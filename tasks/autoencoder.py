@@ -138,7 +138,7 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     report = reconstruction_report(cfg, model, val.values, device)
     atomic_torch_save({"kind": "conv", "init": model.init_args, "state": model.state_dict()}, out / "model.pt")
     return write_record(out, {"kind": "conv", "steps": ae_cfg.steps, "seconds": seconds,
-                              "images_per_s": trained * ae_cfg.batch_size / max(seconds, 1e-9),
+                              "images_per_s": trained * ae_cfg.batch_size / seconds if trained else None,
                               "parameters": sum(p.numel() for p in model.parameters()), **report})
 
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from logdiff_core import noise as noise_lib
 from logdiff_core import samplers
+from logdiff_core.diffusion import EpsPreconditioner
 from logdiff_core.networks import build_denoiser
 from logdiff_core.schedules import Schedule
 
@@ -35,8 +36,9 @@ def schedule_from(config: dict) -> Schedule:
     return Schedule.from_config(d["schedule"], d["timesteps"], d["beta_start"], d["beta_end"], d["power"])
 
 
-def build_network(spec: dict) -> nn.Module:
-    return build_denoiser(spec["kind"], tuple(spec["data_shape"]), **spec["kwargs"])
+def build_network(spec: dict, schedule: Schedule) -> nn.Module:
+    """The backbone of ``spec`` inside the epsilon preconditioning (latents and arrays are at unit scale)."""
+    return EpsPreconditioner(build_denoiser(spec["kind"], tuple(spec["data_shape"]), **spec["kwargs"]), schedule)
 
 
 @dataclass
@@ -95,9 +97,10 @@ def load_trained(path: str | Path) -> TrainedModel:
     bundle = load_checkpoint(path, "diffusion model")
     if bundle.get("format") != "logdiff-model/1":
         raise ValueError(f"{path} is not a LogDiff model file (expected format logdiff-model/1)")
-    denoiser = build_network(bundle["network"])
+    schedule = schedule_from(bundle["config"])
+    denoiser = build_network(bundle["network"], schedule)
     denoiser.load_state_dict(bundle["state"])
-    return TrainedModel(denoiser.eval(), schedule_from(bundle["config"]),
+    return TrainedModel(denoiser.eval(), schedule,
                         noise_lib.get(bundle["distribution"], **bundle["noise_params"]),
                         Codec.from_state(bundle["codec"]), bundle["distribution"], bundle["config"],
                         bundle.get("feature_names"))

@@ -102,13 +102,13 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
     data = load_latents(cfg, "train").to(device)
     latent_shape = tuple(latents_manifest(cfg)["latent_shape"])
     spec = network_spec(cfg.to_dict(), latent_shape)
+    schedule = schedule_from(cfg.to_dict()).to(device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_network(spec).to(device)
+    model = build_network(spec, schedule).to(device)
     cuda = device.type == "cuda"
     if cuda and tc.channels_last and data.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
         data = data.contiguous(memory_format=torch.channels_last)
-    schedule = schedule_from(cfg.to_dict()).to(device)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=cuda or None)
     warmup = lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))  # noqa: E731
@@ -195,7 +195,7 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
     trained_steps = tc.steps - start
     record = {"distribution": distribution, "noise_params": params, "steps": tc.steps, "resumed_from": start,
               "final_loss": history[-1]["loss"] if history else None, "seconds": seconds,
-              "images_per_s": trained_steps * tc.batch_size * world / max(seconds, 1e-9),
+              "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None,
               "parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "world_size": world,
               "fingerprint": run_fingerprint}
     write_json(out / "record.json", record)

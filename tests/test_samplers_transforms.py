@@ -120,3 +120,27 @@ def test_identity_and_unknown_transform():
     assert torch.equal(transforms.get("identity").inverse(transforms.get("identity").forward(x)), x)
     with pytest.raises(ValueError, match="choose one of: identity, log"):
         transforms.get("sqrt")
+
+
+def test_preconditioner_skip_is_the_linear_optimum_and_scales_the_residual():
+    """With a zero backbone the preconditioned model is the exact denoiser for zero-mean Gaussian data, and the
+    backbone's target (eps - c_skip x_t) has unit variance at every t, whatever the noise distribution."""
+    from logdiff_core.diffusion import EpsPreconditioner, q_sample
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    model = EpsPreconditioner(Zero(), SCHEDULE, data_std=0.5)
+    x = torch.randn(64, 1, dtype=torch.float64)
+    for t in (0, 300, 999):
+        tt = torch.full((64,), t)
+        assert torch.allclose(model(x.float(), tt).double(), gaussian_denoiser(0.0, 0.5)(x, tt), atol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(100_000, 1, generator=gen) * 2 * math.sqrt(3) * 0.5 - math.sqrt(3) * 0.5  # std 0.5
+    for t in (10, 500, 990):
+        tt = torch.full((x0.shape[0],), t)
+        eps = noise.get("laplace").sample(x0.shape, generator=gen)
+        x_t = q_sample(SCHEDULE, x0, tt, eps)
+        residual = (eps - model.c_skip[t] * x_t) / model.c_out[t]
+        assert residual.var().item() == pytest.approx(1.0, rel=0.03)

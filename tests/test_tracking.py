@@ -17,7 +17,7 @@ from logdiff_core.transforms import IdentityTransform
 from tasks.codec import Codec
 from tasks.config import from_dict
 from tasks.io import sha256_file
-from tasks.sample import TrainedModel, build_network, model_bundle, network_spec
+from tasks.sample import TrainedModel, build_network, model_bundle, network_spec, schedule_from
 
 WINE = {"name": "wine", "data": {"source": "wine"}, "autoencoder": {"kind": "none"},
         "network": {"kind": "mlp", "hidden": 16, "layers": 1}, "sample": {"steps": 5},
@@ -35,7 +35,7 @@ def write_model(path: Path, raw_config: dict = WINE, kind: str = "array", latent
     torch.manual_seed(seed)
     codec = Codec(kind, IdentityTransform(), None, torch.zeros(()), torch.ones(()), latent_shape)
     spec = network_spec(config, latent_shape)
-    torch.save(model_bundle(build_network(spec), spec, "gaussian", {}, codec, config), path)
+    torch.save(model_bundle(build_network(spec, schedule_from(config)), spec, "gaussian", {}, codec, config), path)
     return path
 
 
