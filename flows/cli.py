@@ -140,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError)
     try:
+        from flows.schedule import ServerStartError
         from tasks.fid import FIDUnavailable
 
-        user_errors += (FIDUnavailable,)
+        user_errors += (FIDUnavailable, ServerStartError)
         COMMANDS[args.command](args)
     except user_errors as err:
         print(f"logdiff {args.command}: error: {err}", file=sys.stderr)

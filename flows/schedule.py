@@ -16,7 +16,9 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tasks import config
 
@@ -35,9 +37,8 @@ def check_cron(cron: str) -> None:
 
     try:
         CronSchedule(cron=cron)
-    except pydantic.ValidationError as err:
-        reason = err.errors()[0].get("ctx", {}).get("error", "not a cron expression")
-        raise ValueError(f"invalid cron expression {cron!r} ({reason}); expected 5 fields "
+    except pydantic.ValidationError:
+        raise ValueError(f"invalid cron expression {cron!r}: expected 5 fields "
                          "'minute hour day-of-month month day-of-week', e.g. '0 3 * * *'") from None
 
 
@@ -81,6 +82,7 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def server_healthy(api_url: str) -> bool:
+    """Whether the Prefect API at ``api_url`` (``http://host:port/api``) answers its health check."""
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return response.status == 200
@@ -100,30 +102,45 @@ def serve(preset: str, overrides: list[str], *, cron: str, name: str | None, pro
     from flows.pipeline import pipeline
 
     project = Path(project_dir).resolve()
-    if threading.current_thread() is threading.main_thread():
-        # until Prefect's runner installs its own handler, SIGTERM must unwind through the finally below
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     server = None
+    with _exit_on_sigterm():
+        try:
+            api_url = os.environ.get("PREFECT_API_URL")
+            if not api_url:
+                home = Path(os.environ.get("PREFECT_HOME") or project / ".prefect")
+                print(f"starting a Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}) ...", flush=True)
+                server, api_url = start_local_server(port, home)
+                os.environ["PREFECT_API_URL"] = api_url  # for any process started from here
+            elif not server_healthy(api_url):
+                raise ServerStartError(f"no Prefect server answers at PREFECT_API_URL={api_url}; "
+                                       "unset it to start one")
+            print(f"Prefect UI: {api_url.removesuffix('/api')}\n"
+                  f"deployments: PREFECT_API_URL={api_url} prefect deployment ls", flush=True)
+            # Prefect read its settings when imported, possibly before PREFECT_API_URL was set
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                pipeline.serve(name=name or f"logdiff-{preset}", cron=cron,
+                               parameters={"preset": preset, "overrides": list(overrides),
+                                           "project_dir": str(project)},
+                               # by module, not file: `flows` stays a package in the flow-run process
+                               entrypoint_type=EntrypointType.MODULE_PATH,
+                               limit=1)  # runs share the project's DVC lock and artifacts: one at a time
+        finally:
+            _stop_flow_runs()  # while the server is up, so the runs are recorded as crashed, not left running
+            if server is not None:
+                stop_server(server)
+
+
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM unwind through ``finally`` blocks until Prefect's runner installs its own handler."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        api_url = os.environ.get("PREFECT_API_URL")
-        if not api_url:
-            home = Path(os.environ.get("PREFECT_HOME") or project / ".prefect")
-            print(f"starting a Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}) ...", flush=True)
-            server, api_url = start_local_server(port, home)
-            os.environ["PREFECT_API_URL"] = api_url  # for any process started from here
-        print(f"Prefect UI: {api_url.removesuffix('/api')}\n"
-              f"deployments: PREFECT_API_URL={api_url} prefect deployment ls", flush=True)
-        # Prefect read its settings when imported, possibly before PREFECT_API_URL was set
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            pipeline.serve(name=name or f"logdiff-{preset}", cron=cron,
-                           parameters={"preset": preset, "overrides": list(overrides), "project_dir": str(project)},
-                           # by module, not file: `flows` stays a package in the flow-run process
-                           entrypoint_type=EntrypointType.MODULE_PATH,
-                           limit=1)  # runs share the project's DVC lock and artifacts: one at a time
+        yield
     finally:
-        _stop_flow_runs()  # while the server is up, so the runs are recorded as crashed, not left running
-        if server is not None:
-            stop_server(server)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_until_healthy(process: subprocess.Popen, api_url: str, log_path: Path) -> None:

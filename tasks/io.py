@@ -35,10 +35,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 

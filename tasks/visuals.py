@@ -35,20 +35,6 @@ def save_figure(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
-def plot_curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str,
-                log_y: bool = False) -> Path:
-    """One line per name: {name: (xs, ys)}."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name)
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    if log_y:
-        ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
 def plot_trajectories(trajectory: list[torch.Tensor], denoised: list[torch.Tensor], timesteps: list[int],
                       path: str | Path) -> Path:
     """Distance of the sampling (x_t) and denoising (x0_hat) trajectories to the final sample, per step."""
