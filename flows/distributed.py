@@ -26,6 +26,8 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     # workers must log nothing about usage, and find the same MLflow store as the driver
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAY_USAGE_STATS_ENABLED") if k in os.environ}
+    # Ray relays worker output line by line: a progress line every 10 s per worker, not a flood
+    env.setdefault("TQDM_MININTERVAL", "10")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:

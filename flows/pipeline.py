@@ -219,5 +219,5 @@ def print_summary(summary: dict) -> None:
         if "error" in info:
             print(f"{name:<22}{info['error']}")
             continue
-        marker = "yes (new)" if info["champion"] else f"v{info['champion_version']}"
+        marker = "yes" if info["champion"] else f"no (v{info['champion_version']} is)"
         print(f"{name:<22}{info['metric']:<14}{info['score']:>12.4f}  {info['version']:>7}  {marker}")
