@@ -40,12 +40,9 @@ def gpus_per_task(cfg: Config) -> float:
     return cfg.train.gpus_per_worker if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _train_one(cfg_dict: dict, distribution: str, callback: StepCallback | None, num_threads: int) -> dict:
-    import torch
-
+def _train_one(cfg_dict: dict, distribution: str, callback: StepCallback | None) -> dict:
     from flows.stages import run_stage
 
-    torch.set_num_threads(num_threads)  # Ray sets no thread cap: two CPU tasks would fight over the cores
     return run_stage(from_dict(cfg_dict), "train", distribution, callback=callback)
 
 
@@ -60,8 +57,7 @@ def train_distributions(cfg: Config, distributions: list[str],
         return {d: _capture(lambda d=d: train_ddp(cfg, d, callbacks.get(d))) for d in distributions}
     gpus = gpus_per_task(cfg)
     remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus, max_retries=0)
-    threads = max(1, int(cfg.train.cpus_per_worker))
-    pending = {remote.remote(cfg.to_dict(), d, callbacks.get(d), threads): d for d in distributions}
+    pending = {remote.remote(cfg.to_dict(), d, callbacks.get(d)): d for d in distributions}
     results: dict[str, dict | BaseException] = {}
     with tqdm(total=len(pending), desc=f"training {len(pending)} distributions (Ray)") as bar:
         while pending:

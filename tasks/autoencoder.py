@@ -68,7 +68,7 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     """Train (or resume) the autoencoder on the ingested train split; write ``model.pt`` and ``record.json``."""
     out = stage_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    dump(cfg, out / "config.yaml")
+    dump(cfg, out / "config.yaml", settings_only=True)
     if cfg.autoencoder.kind == "none":  # model.pt still marks the stage's output, for DVC and load_autoencoder
         atomic_torch_save({"kind": "none"}, out / "model.pt")
         return write_record(out, {"kind": "none"})

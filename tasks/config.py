@@ -155,6 +155,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def settings(self) -> dict:
+        """The config without ``workdir`` (a location, not a setting): what is saved beside outputs, so that
+        the flow (absolute paths) and ``dvc repro`` (relative paths) write byte-identical files."""
+        return {k: v for k, v in self.to_dict().items() if k != "workdir"}
+
     @property
     def work(self) -> Path:
         return Path(self.workdir)
@@ -344,7 +349,7 @@ def load(preset_or_path: str = "demo", overrides: list[str] | None = None) -> Co
     return from_dict(apply_overrides(_raw_with_extends(preset_or_path), overrides or []))
 
 
-def dump(cfg: Config, path: str | Path) -> None:
+def dump(cfg: Config, path: str | Path, settings_only: bool = False) -> None:
     from tasks.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.settings() if settings_only else cfg.to_dict(), sort_keys=False))

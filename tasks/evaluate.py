@@ -109,7 +109,7 @@ def evaluate(cfg: Config, distribution: str) -> dict:
     """Sample ``eval.num_samples`` from the trained model and write ``metrics.json``, grids and plots."""
     out = stage_dir(cfg, distribution)
     out.mkdir(parents=True, exist_ok=True)
-    dump(cfg, out / "config.yaml")
+    dump(cfg, out / "config.yaml", settings_only=True)
     model = load_trained(train_dir(cfg, distribution))
     kind = model.codec.kind
     n = cfg.eval.num_samples

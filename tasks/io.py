@@ -36,7 +36,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file handle: given a name, torch.save records it (random here) inside
+            torch.save(obj, fh)
+
+    return _atomic(path, save)
 
 
 def atomic_save_with(path: str | Path, save: Callable[[str], None]) -> Path:

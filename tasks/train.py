@@ -47,12 +47,21 @@ def distribution_params(cfg: Config, distribution: str) -> dict:
     return cfg.diffusion.distributions[distribution]
 
 
+def model_settings(cfg: Config, distribution: str) -> dict:
+    """The config as it concerns this distribution's model: the other distributions' entries left out, so that
+    changing one distribution changes nothing about the others (as DVC's per-distribution params say)."""
+    settings = cfg.settings()
+    settings["diffusion"] = {**settings["diffusion"],
+                             "distributions": {distribution: distribution_params(cfg, distribution)}}
+    return settings
+
+
 def training_fingerprint(cfg: Config, distribution: str) -> str:
     """What a checkpoint must match to be resumed: the latents and every setting except the run's length."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k in ("seed", "network", "diffusion", "train")}
+    settings = {k: v for k, v in model_settings(cfg, distribution).items()
+                if k in ("seed", "network", "diffusion", "train")}
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
-    return fingerprint({**settings, "distribution": [distribution, distribution_params(cfg, distribution)],
-                        "latents": sha256_file(latents_dir(cfg) / "train.npy")})
+    return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg) / "train.npy")})
 
 
 class EMA:
@@ -88,12 +97,14 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = resolve_device(tc.device)
+    if device.type == "cpu":  # CPU float sums depend on the thread count: fix it, whoever runs the stage
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     out = stage_dir(cfg, distribution)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        dump(cfg, out / "config.yaml")
+        dump(cfg, out / "config.yaml", settings_only=True)
 
     # A per-distribution, per-rank stream: distributions differ, and DDP ranks draw different batches.
     seed_everything(cfg.seed)
@@ -187,7 +198,7 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
         return {}
     if curve and curve[-1]["step"] != tc.steps and evaluator:
         curve.append({"step": tc.steps, **evaluator(ema.model, tc.steps)})
-    bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg), cfg.to_dict(),
+    bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg), model_settings(cfg, distribution),
                           load_manifest(cfg.work / "data").get("feature_names"))
     atomic_torch_save(bundle, out / "model.pt")
     _write_history(history, out / "history.csv")

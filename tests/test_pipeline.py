@@ -1,4 +1,6 @@
 """The orchestrated pipeline end to end on tiny settings: Prefect flow, Ray fan-out, DVC state, MLflow registry."""
+import os
+
 import pytest
 from mlflow import MlflowClient
 
@@ -81,6 +83,19 @@ def test_changing_one_distribution_reruns_only_it(project):
     assert summary["stages_run"] == ["train@student_t", "evaluate@student_t"]
     assert summary["distributions"]["student_t"]["version"] == 2
     assert summary["distributions"]["gaussian"]["version"] == 1
+    assert dvc_status(root) == {}
+
+
+def test_dvc_repro_writes_what_the_flow_wrote(project):
+    """dvc repro runs the same stage through `logdiff stage`: forcing one training leaves everything up to date."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _ = project
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian"], cwd=root,
+                   env=env, check=True, capture_output=True)
     assert dvc_status(root) == {}
 
 

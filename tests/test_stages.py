@@ -100,3 +100,13 @@ def test_unknown_distribution_and_missing_inputs(tmp_path, encoded):
         train_autoencoder(empty)
     with pytest.raises(FileNotFoundError, match="latents"):
         train_diffusion(empty, "gaussian")
+
+
+def test_saved_files_are_byte_identical_for_identical_content(tmp_path):
+    """DVC compares outputs by hash: the same checkpoint saved twice must be the same bytes."""
+    from tasks.io import atomic_torch_save, sha256_file
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 3}
+    paths = [atomic_torch_save(state, tmp_path / f"{i}.pt") for i in range(2)]
+    assert sha256_file(paths[0]) == sha256_file(paths[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "1.pt"]  # no temp files left
