@@ -56,7 +56,8 @@ def main() -> None:
         f"train.device={args.device}", f"autoencoder.steps={args.ae_steps}", f"train.steps={args.steps}",
         f"autoencoder.log_every={log_every}", f"train.log_every={log_every}", "train.eval_every=0",
         "eval.fid=false", *args.overrides])
-    device = torch.cuda.get_device_name() if cfg.train.device != "cpu" and torch.cuda.is_available() else "CPU"
+    gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"device: {device}; preset {args.preset}; {cfg.autoencoder.steps} AE steps at batch "
           f"{cfg.autoencoder.batch_size}; {cfg.train.steps} diffusion steps at batch {cfg.train.batch_size}")
 
@@ -71,7 +72,8 @@ def main() -> None:
     record = train_diffusion(cfg, distribution, progress=False)
     rate = median_window_rate(stage_dir(cfg, distribution) / "history.csv")
     print(f"diffusion ({distribution}, latents {tuple(latents['latent_shape'])}, "
-          f"{record['parameters'] / 1e6:.2f} M parameters, compile={cfg.train.compile}, bf16={cfg.train.bf16}): "
+          f"{record['parameters'] / 1e6:.2f} M parameters, compile={cfg.train.compile and gpu}, "
+          f"bf16={cfg.train.bf16 and gpu}): "
           f"median {rate:.0f} images/s over logging windows; mean {record['images_per_s']:.0f} images/s incl. warm-up")
 
 

@@ -148,7 +148,7 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
                               checkpoint_path)
 
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
-    if tc.compile:
+    if tc.compile and cuda:  # on CPU, inductor's C++ compile costs minutes and small models gain nothing
         train_model = torch.compile(train_model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.bf16)
 
