@@ -48,7 +48,8 @@ def _dvc(project_dir: Path, args: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env, capture_output=True,
                             text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+        said = (result.stderr or result.stdout).strip().splitlines() or [f"exit code {result.returncode}"]
+        raise RuntimeError(f"dvc {' '.join(args)} failed: {said[-1]}")
     return result
 
 
