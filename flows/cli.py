@@ -96,13 +96,12 @@ def _sample(args) -> None:
     print(f"wrote {path}")
 
 
-def _run(args) -> None:
-    from flows.pipeline import run_pipeline
+def _run(args) -> int:
+    from flows.pipeline import print_summary, run_pipeline
 
     summary = run_pipeline(args.preset, args.overrides, project_dir=args.project_dir, force=args.force)
-    from flows.pipeline import print_summary
-
     print_summary(summary)
+    return 1 if any("error" in info for info in summary["distributions"].values()) else 0
 
 
 def _serve(args) -> None:
@@ -144,14 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.fid import FIDUnavailable
 
         user_errors += (FIDUnavailable, ServerStartError)
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except user_errors as err:
         print(f"logdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

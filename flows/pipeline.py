@@ -161,8 +161,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     # stages resolve paths against the project, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(project / cfg.workdir))
     distributions = list(cfg.diffusion.distributions)
-    upstream_names = list(UPSTREAM)
-    all_names = upstream_names + [dvc_stage_name(s, d) for s in ("train", "evaluate") for d in distributions]
+    all_names = [*UPSTREAM, *(dvc_stage_name(s, d) for s in ("train", "evaluate") for d in distributions)]
     stale = set(all_names) if force else stale_stages(project, all_names)
     logger.info("stale stages: %s", ", ".join(n for n in all_names if n in stale) or "none")
 
