@@ -67,11 +67,11 @@ def main() -> None:
     ae = train_autoencoder(cfg)
     print(f"autoencoder: {ae['images_per_s']:.0f} images/s (mean over {cfg.autoencoder.steps} steps), "
           f"{ae['parameters'] / 1e6:.2f} M parameters, val PSNR {ae['val_psnr']:.2f} dB")
-    latents = encode_latents(cfg)
-    distribution = next(iter(cfg.diffusion.distributions))
-    record = train_diffusion(cfg, distribution, progress=False)
-    rate = median_window_rate(stage_dir(cfg, distribution) / "history.csv")
-    print(f"diffusion ({distribution}, latents {tuple(latents['latent_shape'])}, "
+    variant = cfg.variants()[0]
+    latents = encode_latents(cfg, variant.transform)
+    record = train_diffusion(cfg, variant, progress=False)
+    rate = median_window_rate(stage_dir(cfg, variant) / "history.csv")
+    print(f"diffusion ({variant.name}, latents {tuple(latents['latent_shape'])}, "
           f"{record['parameters'] / 1e6:.2f} M parameters, compile={cfg.train.compile and gpu}, "
           f"bf16={cfg.train.bf16 and gpu}): "
           f"median {rate:.0f} images/s over logging windows; mean {record['images_per_s']:.0f} images/s incl. warm-up")

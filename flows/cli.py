@@ -9,13 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = ("ingest", "autoencoder", "encode", "train", "evaluate")
+STAGES = ("ingest", "autoencoder", "encode", "train", "evaluate", "report")
 PARAMS_FILE = "params.yaml"
 
 EPILOG = """\
 examples:
   logdiff run                                  # the demo preset: digits, five noise distributions
   logdiff run cifar10 data.path=train.zip      # a preset plus key=value overrides
+  logdiff run wine                             # positive measurements: identity vs log transform
   logdiff serve --cron "0 3 * * *"             # a scheduled Prefect deployment (starts a local server)
   logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
   logdiff sample --model models:/ngldm-digits-laplace@champion -n 64 -o grid.png
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage from params.yaml (the commands dvc.yaml runs)")
     stage.add_argument("name", choices=STAGES)
     stage.add_argument("--distribution", help="noise distribution (train and evaluate)")
+    stage.add_argument("--transform", help="data transform (encode, train, evaluate); may be left out when "
+                                           "diffusion.transforms names only one")
     stage.add_argument("--params", default=PARAMS_FILE, help="resolved config file (default: params.yaml)")
 
     sample = sub.add_parser("sample", help="draw samples from a registered or local model")
@@ -80,12 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(args) -> None:
     from tasks import config
 
-    cfg = config.load(args.params)
-    if args.name in ("train", "evaluate") and not args.distribution:
-        raise ValueError(f"logdiff stage {args.name} needs --distribution (one of {', '.join(cfg.diffusion.distributions)})")
     from flows import stages
 
-    stages.run_stage(cfg, args.name, args.distribution)
+    cfg = config.load(args.params)
+    item = None
+    if args.name in stages.PER_VARIANT:
+        if not args.distribution:
+            raise ValueError(f"logdiff stage {args.name} needs --distribution "
+                             f"(one of {', '.join(cfg.diffusion.distributions)})")
+        item = cfg.variant(args.distribution, args.transform)
+    elif args.name in stages.PER_TRANSFORM:
+        item = cfg.transform(args.transform)
+    stages.run_stage(cfg, args.name, item)
 
 
 def _sample(args) -> None:
@@ -101,7 +110,7 @@ def _run(args) -> int:
 
     summary = run_pipeline(args.preset, args.overrides, project_dir=args.project_dir, force=args.force)
     print_summary(summary)
-    return 1 if any("error" in info for info in summary["distributions"].values()) else 0
+    return 1 if any("error" in info for info in summary["models"].values()) else 0
 
 
 def _serve(args) -> None:

@@ -1,5 +1,5 @@
-"""Ray fan-out of the training stage: one Ray task per noise distribution (sharing GPUs by fraction), or Ray
-Train (TorchTrainer, DDP) across ``train.num_workers`` workers for one distribution.
+"""Ray fan-out of the training stage: one Ray task per model (noise distribution x transform, sharing GPUs by
+fraction), or Ray Train (TorchTrainer, DDP) across ``train.num_workers`` workers for one model.
 
 ``ray.init()`` starts a local Ray by default; ``RAY_ADDRESS`` joins an existing cluster. GPU requests are made
 only when the cluster has GPUs: a task asking for a GPU on a CPU-only cluster would wait forever.
@@ -13,7 +13,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from tasks.config import Config, from_dict
+from tasks.config import Config, Variant, from_dict
 
 StepCallback = Callable[[int, dict], None]
 
@@ -40,31 +40,31 @@ def gpus_per_task(cfg: Config) -> float:
     return cfg.train.gpus_per_worker if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _train_one(cfg_dict: dict, distribution: str, callback: StepCallback | None) -> dict:
+def _train_one(cfg_dict: dict, variant: Variant, callback: StepCallback | None) -> dict:
     from flows.stages import run_stage
 
-    return run_stage(from_dict(cfg_dict), "train", distribution, callback=callback)
+    return run_stage(from_dict(cfg_dict), "train", variant, callback=callback)
 
 
-def train_distributions(cfg: Config, distributions: list[str],
-                        callbacks: dict[str, StepCallback | None]) -> dict[str, dict | BaseException]:
-    """Train each distribution as its own Ray work; a distribution that fails (e.g. diverges) is reported as its
-    exception and does not stop the others."""
+def train_variants(cfg: Config, variants: list[Variant],
+                   callbacks: dict[str, StepCallback | None]) -> dict[str, dict | BaseException]:
+    """Train each model as its own Ray work; results keyed by variant name. A model that fails (e.g. diverges)
+    is reported as its exception and does not stop the others."""
     import ray
 
     init_ray()
     if cfg.train.num_workers > 1:
-        return {d: _capture(lambda d=d: train_ddp(cfg, d, callbacks.get(d))) for d in distributions}
+        return {v.name: _capture(lambda v=v: train_ddp(cfg, v, callbacks.get(v.name))) for v in variants}
     gpus = gpus_per_task(cfg)
     remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus, max_retries=0)
-    pending = {remote.remote(cfg.to_dict(), d, callbacks.get(d)): d for d in distributions}
+    pending = {remote.remote(cfg.to_dict(), v, callbacks.get(v.name)): v for v in variants}
     results: dict[str, dict | BaseException] = {}
-    with tqdm(total=len(pending), desc=f"training {len(pending)} distributions (Ray)") as bar:
+    with tqdm(total=len(pending), desc=f"training {len(pending)} models (Ray)") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            distribution = pending.pop(done[0])
-            results[distribution] = _capture(lambda: ray.get(done[0]))
-            bar.set_postfix_str(distribution)
+            variant = pending.pop(done[0])
+            results[variant.name] = _capture(lambda: ray.get(done[0]))
+            bar.set_postfix_str(variant.name)
             bar.update()
     return results
 
@@ -72,18 +72,18 @@ def train_distributions(cfg: Config, distributions: list[str],
 def _capture(call: Callable[[], dict]) -> dict | BaseException:
     try:
         return call()
-    except Exception as err:  # noqa: BLE001 - reported per distribution by the caller
+    except Exception as err:  # noqa: BLE001 - reported per model by the caller
         return getattr(err, "cause", None) or err
 
 
 def _ddp_loop(config: dict) -> None:
     from flows.stages import run_stage
 
-    run_stage(from_dict(config["cfg"]), "train", config["distribution"], callback=config["callback"])
+    run_stage(from_dict(config["cfg"]), "train", config["variant"], callback=config["callback"])
 
 
-def train_ddp(cfg: Config, distribution: str, callback: StepCallback | None = None) -> dict:
-    """One distribution across ``train.num_workers`` Ray Train workers (DDP; gloo on CPU, NCCL on GPU)."""
+def train_ddp(cfg: Config, variant: Variant, callback: StepCallback | None = None) -> dict:
+    """One model across ``train.num_workers`` Ray Train workers (DDP; gloo on CPU, NCCL on GPU)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -95,14 +95,14 @@ def train_ddp(cfg: Config, distribution: str, callback: StepCallback | None = No
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _ddp_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "distribution": distribution, "callback": callback},
+        train_loop_config={"cfg": cfg.to_dict(), "variant": variant, "callback": callback},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         # a unique name: Ray Train silently resumes a run whose name already exists under storage_path
-        run_config=RunConfig(name=f"{distribution}-{uuid.uuid4().hex[:8]}",
+        run_config=RunConfig(name=f"{variant.name}-{uuid.uuid4().hex[:8]}",
                              storage_path=str(Path(cfg.workdir).resolve() / "ray_results")),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
-    return read_json(stage_dir(cfg, distribution) / "record.json")
+    return read_json(stage_dir(cfg, variant) / "record.json")

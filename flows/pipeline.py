@@ -1,11 +1,12 @@
 """The LogDiff pipeline as a Prefect flow:
 
-ingest -> autoencoder -> encode -> train (Ray, one per distribution) -> evaluate -> register (MLflow)
+ingest -> autoencoder -> encode (per transform) -> train (Ray, one per distribution x transform) -> evaluate
+-> register (MLflow) -> report
 
 DVC decides what is stale: a stage runs only when ``dvc status`` says its deps or params changed (or with
 ``force``), and is recorded with ``dvc commit`` afterwards, so after a flow run ``dvc status`` is clean and
-``dvc repro`` agrees with the flow. One MLflow parent run per flow run; a child run per stage and per
-distribution.
+``dvc repro`` agrees with the flow. One MLflow parent run per flow run (with the comparison report); a child run
+per stage and per model.
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import tracking
-from flows.stages import dvc_stage_name, run_stage, stage_pictures
+from flows.stages import Item, dvc_stage_name, run_stage, stage_pictures
 from tasks import config
-from tasks.config import Config
+from tasks.config import Config, Variant
+from tasks.report import stage_dir as report_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM = ("ingest", "autoencoder", "encode")
 
 
 def prepare_project(project_dir: Path, cfg: Config) -> None:
@@ -67,42 +68,44 @@ def commit_stages(project_dir: Path, names: list[str]) -> None:
 
 
 @task(name="stage", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="{stage}")
-def stage_task(cfg: Config, stage: str, parent_run_id: str) -> dict:
-    with tracking.child_run(parent_run_id, stage, params=stage_params(cfg, stage)) as run_id:
-        record = run_stage(cfg, stage, callback=tracking.MetricLogger(mlflow_uri(), run_id))
-        tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, stage))
+def stage_task(cfg: Config, stage: str, parent_run_id: str, item: Item = None) -> dict:
+    with tracking.child_run(parent_run_id, dvc_stage_name(stage, item), params=stage_params(cfg, stage)) as run_id:
+        record = run_stage(cfg, stage, item, callback=tracking.MetricLogger(mlflow_uri(), run_id))
+        tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, stage, item))
     return record
 
 
 @task(name="train-all", cache_policy=NONE)
-def train_task(cfg: Config, distributions: list[str], run_ids: dict[str, str]) -> dict:
-    from flows.distributed import train_distributions
+def train_task(cfg: Config, variants: list[Variant], run_ids: dict[str, str]) -> dict:
+    from flows.distributed import train_variants
 
     uri = mlflow_uri()
-    callbacks = {d: tracking.MetricLogger(uri, run_ids[d]) for d in distributions}
-    results = train_distributions(cfg, distributions, callbacks)
-    for distribution, result in results.items():
-        if isinstance(result, dict):
-            tracking.log_stage_outputs(run_ids[distribution], result, stage_pictures(cfg, "train", distribution))
+    callbacks = {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in variants}
+    results = train_variants(cfg, variants, callbacks)
+    for variant in variants:
+        if isinstance(result := results[variant.name], dict):
+            tracking.log_stage_outputs(run_ids[variant.name], result, stage_pictures(cfg, "train", variant))
     return results
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="evaluate-{distribution}")
-def evaluate_task(cfg: Config, distribution: str, run_id: str) -> dict:
-    record = run_stage(cfg, "evaluate", distribution)
-    tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "evaluate", distribution))
+@task(name="evaluate", retries=1, retry_delay_seconds=2, cache_policy=NONE,
+      task_run_name="evaluate-{variant.name}")
+def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
+    record = run_stage(cfg, "evaluate", variant)
+    tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "evaluate", variant))
     return record
 
 
-@task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE, task_run_name="register-{distribution}")
-def register_task(cfg: Config, distribution: str, run_id: str, tags: dict) -> dict:
+@task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE,
+      task_run_name="register-{variant.name}")
+def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dict:
     from tasks.evaluate import metrics_path
     from tasks.io import read_json
     from tasks.train import stage_dir
 
-    metrics = read_json(metrics_path(cfg, distribution))
-    registered = tracking.register_model(stage_dir(cfg, distribution) / "model.pt", dataset=dataset_name(cfg),
-                                         distribution=distribution, run_id=run_id, score=metrics["champion_score"],
+    metrics = read_json(metrics_path(cfg, variant))
+    registered = tracking.register_model(stage_dir(cfg, variant) / "model.pt", dataset=dataset_name(cfg),
+                                         variant=variant, run_id=run_id, score=metrics["champion_score"],
                                          metric=metrics["champion_metric"], tags=tags)
     return {**registered, "metric": metrics["champion_metric"]}
 
@@ -116,7 +119,8 @@ def mlflow_uri() -> str:
 def stage_params(cfg: Config, stage: str) -> dict:
     """The config sections a stage reads, logged as its run's params."""
     sections = {"ingest": ("seed", "data"), "autoencoder": ("seed", "autoencoder"), "encode": ("diffusion",),
-                "distribution": ("seed", "network", "diffusion", "train", "sample", "eval")}[stage]
+                "model": ("seed", "network", "diffusion", "train", "sample", "eval"),
+                "report": ("diffusion", "sample", "eval")}[stage]
     return {k: v for k, v in cfg.to_dict().items() if k in sections}
 
 
@@ -133,14 +137,17 @@ def lineage_hashes(project: Path, cfg: Config) -> dict:
 
 
 @contextmanager
-def distribution_runs(parent_id: str, cfg: Config, tags: dict) -> Iterator[dict[str, str]]:
-    """One MLflow child run per distribution (training curves, evaluation, registered model), open together so
-    Ray workers can log into them concurrently."""
+def variant_runs(parent_id: str, cfg: Config, tags: dict) -> Iterator[dict[str, str]]:
+    """One MLflow child run per model (training curves, evaluation, registered model), keyed by variant name and
+    open together so Ray workers can log into them concurrently."""
     with ExitStack() as stack:
-        yield {d: stack.enter_context(tracking.child_run(
-                   parent_id, d, params={**stage_params(cfg, "distribution"), "noise": {d: params}},
-                   tags={**tags, "distribution": d}))
-               for d, params in cfg.diffusion.distributions.items()}
+        yield {v.name: stack.enter_context(tracking.child_run(
+                   parent_id, v.label,
+                   params={**stage_params(cfg, "model"),
+                           "noise": {v.distribution: cfg.diffusion.distributions[v.distribution]},
+                           "transform": v.transform},
+                   tags={**tags, "distribution": v.distribution, "transform": v.transform}))
+               for v in cfg.variants()}
 
 
 def dataset_name(cfg: Config) -> str:
@@ -160,43 +167,55 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     prepare_project(project, cfg)
     # stages resolve paths against the project, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(project / cfg.workdir))
-    distributions = list(cfg.diffusion.distributions)
-    all_names = [*UPSTREAM, *(dvc_stage_name(s, d) for s in ("train", "evaluate") for d in distributions)]
+    variants = cfg.variants()
+    upstream = [("ingest", None), ("autoencoder", None), *(("encode", t) for t in cfg.diffusion.transforms)]
+    all_names = [*(dvc_stage_name(s, item) for s, item in upstream),
+                 *(dvc_stage_name(s, v) for s in ("train", "evaluate") for v in variants), "report"]
     stale = set(all_names) if force else stale_stages(project, all_names)
     logger.info("stale stages: %s", ", ".join(n for n in all_names if n in stale) or "none")
 
     lineage = {"git_commit": tracking.git_commit(project), "prefect_flow_run_id": _flow_run_id(),
                "preset": preset}
-    summary: dict = {"stages_run": [], "distributions": {}}
+    summary: dict = {"stages_run": [], "models": {}}
+
+    def ran(name: str) -> None:
+        commit_stages(project, [name])
+        summary["stages_run"].append(name)
+
     with tracking.start_parent_run(cfg, project, tags=lineage) as parent_id:
         # an upstream change makes everything below it stale too (DVC reports that as changed deps)
-        for stage in UPSTREAM:
-            if stage in stale:
-                stage_task(run_cfg, stage, parent_id)
-                commit_stages(project, [stage])
-                summary["stages_run"].append(stage)
+        for stage, item in upstream:
+            if dvc_stage_name(stage, item) in stale:
+                stage_task(run_cfg, stage, parent_id, item)
+                ran(dvc_stage_name(stage, item))
                 stale |= set(stale_stages(project, all_names))
         lineage.update(lineage_hashes(project, run_cfg))
-        to_train = [d for d in distributions if dvc_stage_name("train", d) in stale]
-        with distribution_runs(parent_id, cfg, lineage) as run_ids:
+        to_train = [v for v in variants if dvc_stage_name("train", v) in stale]
+        with variant_runs(parent_id, cfg, lineage) as run_ids:
             if to_train:
                 results = train_task(run_cfg, to_train, run_ids)
-                trained = [d for d in to_train if isinstance(results[d], dict)]
-                commit_stages(project, [dvc_stage_name("train", d) for d in trained])
-                summary["stages_run"] += [dvc_stage_name("train", d) for d in trained]
-                for d in to_train:
-                    if not isinstance(r := results[d], dict):
-                        summary["distributions"][d] = {"error": f"training failed: {type(r).__name__}: {r}"}
-                        logger.error("%s: training failed: %s", d, r)
+                for v in to_train:
+                    if isinstance(result := results[v.name], dict):
+                        ran(dvc_stage_name("train", v))
+                    else:
+                        failure = f"training failed: {type(result).__name__}: {result}"
+                        summary["models"][v.label] = {"error": failure}
+                        logger.error("%s: %s", v.label, failure)
                 stale |= set(stale_stages(project, all_names))
-            for d in distributions:
-                if "error" in summary["distributions"].get(d, {}):
+            for v in variants:
+                if "error" in summary["models"].get(v.label, {}):
                     continue
-                if dvc_stage_name("evaluate", d) in stale:
-                    evaluate_task(run_cfg, d, run_ids[d])
-                    commit_stages(project, [dvc_stage_name("evaluate", d)])
-                    summary["stages_run"].append(dvc_stage_name("evaluate", d))
-                summary["distributions"][d] = register_task(run_cfg, d, run_ids[d], lineage)
+                if dvc_stage_name("evaluate", v) in stale:
+                    evaluate_task(run_cfg, v, run_ids[v.name])
+                    ran(dvc_stage_name("evaluate", v))
+                summary["models"][v.label] = register_task(run_cfg, v, run_ids[v.name], lineage)
+        evaluated = any("error" not in info for info in summary["models"].values())
+        if evaluated and (force or stale_stages(project, ["report"])):
+            stage_task(run_cfg, "report", parent_id)
+            ran("report")
+            tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
+        report_file = report_dir(run_cfg) / "report.md"
+        summary["report"] = str(report_file) if report_file.exists() else None
     return summary
 
 
@@ -214,10 +233,12 @@ def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", forc
 def print_summary(summary: dict) -> None:
     ran = ", ".join(summary["stages_run"]) or "nothing (everything up to date)"
     print(f"\nstages run: {ran}")
-    print(f"{'distribution':<22}{'metric':<14}{'score':>12}  {'version':>7}  champion")
-    for name, info in summary["distributions"].items():
+    print(f"{'model':<22}{'metric':<14}{'score':>12}  {'version':>7}  champion")
+    for name, info in summary["models"].items():
         if "error" in info:
             print(f"{name:<22}{info['error']}")
             continue
         marker = "yes" if info["champion"] else f"no (v{info['champion_version']} is)"
         print(f"{name:<22}{info['metric']:<14}{info['score']:>12.4f}  {info['version']:>7}  {marker}")
+    if summary["report"]:
+        print(f"comparison report: {summary['report']}")

@@ -4,7 +4,8 @@ Store: ``sqlite:///<project_dir>/mlflow.db`` with artifacts in ``<project_dir>/m
 ``MLFLOW_TRACKING_URI`` is set. Runs are made through ``MlflowClient`` with explicit run ids (no fluent "active run"),
 so stages can log from threads, Ray workers or other processes given only the tracking URI and a run id.
 
-Registry: one registered model ``ngldm-<dataset>-<distribution>`` per noise distribution. Each version is a pyfunc
+Registry: one registered model ``ngldm-<dataset>-<label>`` per model, the label being the noise distribution,
+suffixed with the transform unless it is identity (``ngldm-wine-laplace-log``). Each version is a pyfunc
 ``NGLDMSampler`` wrapping the train stage's ``model.pt``; the alias ``champion`` moves only to a better (lower) score.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from mlflow.types import ColSpec, Schema  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID  # noqa: E402
 from mlflow.utils.time import get_current_time_millis  # noqa: E402
 
-from tasks.config import Config  # noqa: E402
+from tasks.config import Config, Variant  # noqa: E402
 from tasks.io import sha256_file  # noqa: E402
 from tasks.sample import TrainedModel, load_trained  # noqa: E402
 
@@ -218,8 +219,8 @@ class NGLDMSampler(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(samples, columns=[f"x{i}" for i in range(samples.shape[1])])
 
 
-def registered_name(dataset: str, distribution: str) -> str:
-    return f"ngldm-{dataset}-{distribution}"
+def registered_name(dataset: str, variant: Variant) -> str:
+    return f"ngldm-{dataset}-{variant.label}"
 
 
 def _version_with_sha(client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
@@ -256,22 +257,22 @@ def _promote_if_better(client: MlflowClient, name: str, version: ModelVersion) -
     return int(version.version)
 
 
-def register_model(model_path: str | Path, *, dataset: str, distribution: str, run_id: str, score: float,
+def register_model(model_path: str | Path, *, dataset: str, variant: Variant, run_id: str, score: float,
                    metric: str, tags: dict) -> dict:
     """Register ``model.pt`` (logged as a pyfunc in run ``run_id``) as a new version of
-    ``ngldm-<dataset>-<distribution>``, tagged with its sha256, score and lineage ``tags``.
+    ``ngldm-<dataset>-<label>``, tagged with its sha256, score and lineage ``tags``.
 
     A file already registered (same sha256) returns its existing version, so reruns are idempotent. ``champion``
     moves to the version only when its score is lower than the champion's. Call ``setup`` first.
     """
     client = MlflowClient()
     model_path = Path(model_path)
-    name = registered_name(dataset, distribution)
+    name = registered_name(dataset, variant)
     sha = sha256_file(model_path)
     version = _version_with_sha(client, name, sha)
     if version is None:
         version_tags = {**tags, "model_sha256": sha, "champion_metric": metric, "score": repr(float(score)),
-                        "dataset": dataset, "distribution": distribution}
+                        "dataset": dataset, "distribution": variant.distribution, "transform": variant.transform}
         version = _log_and_register(client, model_path, name, run_id, version_tags)
     champion_version = _promote_if_better(client, name, version)
     return {"name": name, "version": int(version.version), "champion": champion_version == int(version.version),

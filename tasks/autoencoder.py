@@ -126,7 +126,7 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
             opt_d.step()
         if (step + 1) % ae_cfg.log_every == 0 or step + 1 == ae_cfg.steps:
             metrics = {f"ae_{k}": v.item() for k, v in losses.items()} | {"ae_loss": loss.item()}
-            bar.set_postfix(loss=f"{metrics['ae_loss']:.4f}")
+            bar.set_postfix(loss=f"{metrics['ae_loss']:.4f}", refresh=False)
             if callback:
                 callback(step + 1, metrics)
         if (step + 1) % ae_cfg.checkpoint_every == 0:

@@ -86,10 +86,11 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     power: float = 2.0  # polynomial schedule only
-    transform: str = "identity"  # identity | log
+    # One model per (distribution, transform): [identity, log] trains each distribution both ways, to compare.
+    transforms: list[str] = field(default_factory=lambda: ["identity"])  # identity | log (LogDiff)
     log_floor: float = 0.0  # log transform: y = log(x + floor)
 
-    _choices = {"schedule": ("linear", "quadratic", "polynomial", "cosine"), "transform": ("identity", "log")}
+    _choices = {"schedule": ("linear", "quadratic", "polynomial", "cosine")}
 
 
 @dataclass
@@ -139,6 +140,24 @@ class EvalConfig:
     _choices = {}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One model the pipeline trains: a noise distribution under a data transform."""
+
+    distribution: str
+    transform: str
+
+    @property
+    def name(self) -> str:
+        """Stage and folder name, as DVC's matrix names it: ``laplace-identity``."""
+        return f"{self.distribution}-{self.transform}"
+
+    @property
+    def label(self) -> str:
+        """Registry and display name: the distribution, suffixed with the transform unless it is identity."""
+        return self.distribution if self.transform == "identity" else self.name
+
+
 @dataclass
 class Config:
     name: str = "demo"
@@ -164,6 +183,29 @@ class Config:
     def work(self) -> Path:
         return Path(self.workdir)
 
+    def variants(self) -> list[Variant]:
+        """Every model to train, in ``dvc.yaml``'s matrix order (distribution, then transform)."""
+        return [Variant(d, t) for d in self.diffusion.distributions for t in self.diffusion.transforms]
+
+    def variant(self, distribution: str, transform: str | None = None) -> Variant:
+        """The configured variant for ``distribution`` (and ``transform``, which may be left out when only one
+        transform is configured); ValueError naming the configured choices otherwise."""
+        if distribution not in self.diffusion.distributions:
+            configured = ", ".join(self.diffusion.distributions)
+            raise ValueError(f"distribution {distribution!r} is not in diffusion.distributions ({configured})")
+        return Variant(distribution, self.transform(transform))
+
+    def transform(self, name: str | None = None) -> str:
+        """The configured transform ``name`` (the only one when left out); ValueError naming the choices."""
+        transforms = self.diffusion.transforms
+        if name is None and len(transforms) == 1:
+            return transforms[0]
+        if name is None:
+            raise ValueError(f"diffusion.transforms lists {', '.join(transforms)}: name one (--transform)")
+        if name not in transforms:
+            raise ValueError(f"transform {name!r} is not in diffusion.transforms ({', '.join(transforms)})")
+        return name
+
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return ``value`` coerced to ``annotation`` or raise ConfigError naming ``key``."""
@@ -176,6 +218,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is list:
+        if isinstance(value, str) and typing.get_args(hint) == (str,):
+            value = [value]  # transforms=log means [log]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)
@@ -252,10 +296,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    transforms_known = ("identity", "log")
+    for name in cfg.diffusion.transforms:
+        if name not in transforms_known:
+            raise ConfigError(f"diffusion.transforms: {name!r} is not one of: {', '.join(transforms_known)}")
+    if not cfg.diffusion.transforms or len(set(cfg.diffusion.transforms)) != len(cfg.diffusion.transforms):
+        raise ConfigError(f"diffusion.transforms: name each transform once, got {cfg.diffusion.transforms}")
     image_data = cfg.data.source in IMAGE_SOURCES
-    if cfg.diffusion.transform == "log" and image_data:
-        raise ConfigError(f"diffusion.transform=log is for positive array data; data.source={cfg.data.source} is "
-                          "images: use diffusion.transform=identity")
+    if "log" in cfg.diffusion.transforms and image_data:
+        raise ConfigError(f"diffusion.transforms: log is for positive array data; data.source={cfg.data.source} is "
+                          "images: use diffusion.transforms=[identity]")
     if not image_data and (cfg.autoencoder.kind, cfg.network.kind) != ("none", "mlp"):
         raise ConfigError(f"data.source={cfg.data.source} is array data: set autoencoder.kind=none and network.kind=mlp")
     from logdiff_core import samplers

@@ -1,7 +1,8 @@
 """Encoding: data -> the diffusion space (autoencoder latents, or transformed data) at unit scale.
 
 Latents are scaled by 1/std as latent diffusion does; array data is standardised per feature after its
-transform (identity or LogDiff's log). Writes ``train.npy``, ``val.npy``, ``codec.pt`` and ``manifest.json``.
+transform (identity or LogDiff's log). One folder per transform, ``latents/<transform>/``, holding ``train.npy``,
+``val.npy``, ``codec.pt`` and ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -20,20 +21,21 @@ from .io import atomic_save_numpy, atomic_torch_save, load_checkpoint, read_json
 from .runtime import resolve_device
 
 
-def stage_dir(cfg: Config) -> Path:
-    return cfg.work / "latents"
+def stage_dir(cfg: Config, transform: str) -> Path:
+    return cfg.work / "latents" / transform
 
 
-def build_transform(cfg: Config, kind: str) -> transforms.Transform:
-    name = cfg.diffusion.transform
+def build_transform(cfg: Config, name: str, kind: str) -> transforms.Transform:
+    name = cfg.transform(name)
     if name == "log" and kind != "array":
-        raise ValueError("diffusion.transform=log is for positive array data; use diffusion.transform=identity for images")
+        raise ValueError("the log transform is for positive array data; use diffusion.transforms=[identity] for images")
     return transforms.get(name, **({"floor": cfg.diffusion.log_floor} if name == "log" else {}))
 
 
-def encode_latents(cfg: Config) -> dict:
+def encode_latents(cfg: Config, transform_name: str) -> dict:
+    """Encode both splits for one transform (the autoencoder, if any, is shared by every transform)."""
     train, val = (load_split(cfg.work / "data", split) for split in ("train", "val"))
-    transform = build_transform(cfg, train.kind)
+    transform = build_transform(cfg, transform_name, train.kind)
     if train.kind == "array":
         transform.fit(torch.as_tensor(train.values, dtype=torch.float64))
     autoencoder = load_autoencoder(cfg)
@@ -46,7 +48,7 @@ def encode_latents(cfg: Config) -> dict:
         std = raw.std(0)
         codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
     codec.latent_shape = tuple(raw.shape[1:])
-    out = stage_dir(cfg)
+    out = stage_dir(cfg, transform_name)
     latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
     for split, values in latents.items():
         atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
@@ -60,16 +62,17 @@ def encode_latents(cfg: Config) -> dict:
     return manifest
 
 
-def load_latents(cfg: Config, split: str) -> torch.Tensor:
-    path = stage_dir(cfg) / f"{split}.npy"
+def load_latents(cfg: Config, transform: str, split: str) -> torch.Tensor:
+    path = stage_dir(cfg, transform) / f"{split}.npy"
     if not path.exists():
-        raise FileNotFoundError(f"no latents at {path}; run the encode stage (logdiff stage encode) first")
+        raise FileNotFoundError(f"no latents at {path}; run the encode stage first "
+                                f"(logdiff stage encode --transform {transform})")
     return torch.from_numpy(np.load(path))
 
 
-def load_codec(cfg: Config) -> Codec:
-    return Codec.from_state(load_checkpoint(stage_dir(cfg) / "codec.pt", "codec"))
+def load_codec(cfg: Config, transform: str) -> Codec:
+    return Codec.from_state(load_checkpoint(stage_dir(cfg, transform) / "codec.pt", "codec"))
 
 
-def latents_manifest(cfg: Config) -> dict:
-    return read_json(stage_dir(cfg) / "manifest.json")
+def latents_manifest(cfg: Config, transform: str) -> dict:
+    return read_json(stage_dir(cfg, transform) / "manifest.json")

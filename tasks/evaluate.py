@@ -2,7 +2,8 @@
 weight-free distances that always work offline, image grids and trajectory plots, and the champion score.
 
 Images are compared with the training split (FID's usual reference, statistics cached per dataset version);
-array data with the held-out split, beside the real-vs-real floor (train vs held-out).
+array data with the held-out split, beside the real-vs-real floor: training rows vs the held-out split, with the
+generated samples scored in chunks of the same size, so that both figures carry the same finite-sample bias.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from logdiff_core import samplers
 from logdiff_core.metrics import (array_metrics, feature_statistics, kernel_inception_distance,
                                   sliced_wasserstein_distance)
 
-from .config import Config, dump
+from .config import Config, Variant, dump
 from .data import load_manifest, load_split
 from .fid import FIDUnavailable, InceptionFeatures, fid_from_features, reference_statistics, resolve_fid_weights
 from .io import atomic_save_with, write_json
@@ -30,13 +31,13 @@ from .visuals import plot_histograms, plot_trajectories, save_image_grid
 WEIGHT_FREE = {"image": "swd_mean", "array": "wasserstein"}
 
 
-def stage_dir(cfg: Config, distribution: str) -> Path:
-    """Pictures and samples; the metrics sit beside it in ``<distribution>.json`` (DVC metrics can't nest in outs)."""
-    return cfg.work / "eval" / distribution
+def stage_dir(cfg: Config, variant: Variant) -> Path:
+    """Pictures and samples; the metrics sit beside it in ``<name>.json`` (DVC metrics can't nest in outs)."""
+    return cfg.work / "eval" / variant.name
 
 
-def metrics_path(cfg: Config, distribution: str) -> Path:
-    return cfg.work / "eval" / f"{distribution}.json"
+def metrics_path(cfg: Config, variant: Variant) -> Path:
+    return cfg.work / "eval" / f"{variant.name}.json"
 
 
 def _subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -87,16 +88,28 @@ def champion_metric(cfg: Config, kind: str, metrics: dict) -> str:
     return "fid" if "fid" in metrics else WEIGHT_FREE[kind]
 
 
-def curve_evaluator(cfg: Config, distribution: str, num_samples: int = 256):
+def array_metrics_with_floor(generated: np.ndarray, held_out: np.ndarray, train: np.ndarray, seed: int) -> dict:
+    """Array metrics of ``generated`` vs ``held_out`` and the real-vs-real floor (``floor_*``), at equal sample
+    sizes: the floor compares ``m`` training rows with the held-out split, and the generated figures are the
+    mean over disjoint chunks of ``m`` samples. (A sample-size mismatch biases a distance: more rows, less noise.)"""
+    m = min(len(train), len(generated))
+    floor = array_metrics(_subset(train, m, seed), held_out)
+    chunks = [array_metrics(generated[i:i + m], held_out) for i in range(0, len(generated) - m + 1, m)]
+    metrics = {k: float(np.mean([c[k] for c in chunks])) for k in chunks[0]}
+    metrics["frac_non_positive"] = float(np.mean(~np.isfinite(generated) | (generated <= 0)))  # every sample
+    return {**metrics, "metric_sample_size": m, **{f"floor_{k}": v for k, v in floor.items()}}
+
+
+def curve_evaluator(cfg: Config, variant: Variant, num_samples: int = 256):
     """For training curves: the weight-free distance (and FID when available) of the EMA model every k steps."""
-    codec = load_codec(cfg)
+    codec = load_codec(cfg, variant.transform)
     reference_split = load_split(cfg.work / "data", "train" if codec.kind == "image" else "val")
     reference = _subset(reference_split.values, num_samples, cfg.seed)
     schedule = schedule_from(cfg.to_dict())
-    noise = noise_lib.get(distribution, **cfg.diffusion.distributions[distribution])
+    noise = noise_lib.get(variant.distribution, **cfg.diffusion.distributions[variant.distribution])
 
     def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
-        model = TrainedModel(ema_model, schedule, noise, codec, distribution, cfg.to_dict())
+        model = TrainedModel(ema_model, schedule, noise, codec, variant.distribution, cfg.to_dict())
         device = next(ema_model.parameters()).device
         generated = model.generate(len(reference), seed=cfg.seed + step, device=str(device), progress=False)
         metrics = sample_metrics(cfg, codec.kind, generated, reference)
@@ -105,12 +118,13 @@ def curve_evaluator(cfg: Config, distribution: str, num_samples: int = 256):
     return evaluate_now
 
 
-def evaluate(cfg: Config, distribution: str) -> dict:
-    """Sample ``eval.num_samples`` from the trained model and write ``metrics.json``, grids and plots."""
-    out = stage_dir(cfg, distribution)
+def evaluate(cfg: Config, variant: Variant) -> dict:
+    """Sample ``eval.num_samples`` from the trained model; write its metrics JSON, grids, plots and samples."""
+    variant = cfg.variant(variant.distribution, variant.transform)
+    out = stage_dir(cfg, variant)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml", settings_only=True)
-    model = load_trained(train_dir(cfg, distribution))
+    model = load_trained(train_dir(cfg, variant))
     kind = model.codec.kind
     n = cfg.eval.num_samples
     generated, latents = model.generate(n, seed=cfg.seed, device=cfg.train.device, return_latents=True)
@@ -122,12 +136,11 @@ def evaluate(cfg: Config, distribution: str) -> dict:
         save_image_grid(generated[: cfg.eval.grid_size], out / "samples.png")
     else:
         held_out = load_split(cfg.work / "data", "val").values
-        train = _subset(load_split(cfg.work / "data", "train").values, len(held_out), cfg.seed)
-        metrics = sample_metrics(cfg, kind, generated, held_out)
-        metrics.update({f"floor_{k}": v for k, v in array_metrics(train, held_out).items()})
-        names = data_manifest.get("feature_names") or []
-        plot_histograms(generated, held_out, names, out / "histograms.png")
-        header = ",".join(names) if len(names) == generated.shape[1] else ""
+        train = load_split(cfg.work / "data", "train").values
+        metrics = array_metrics_with_floor(generated, held_out, train, cfg.seed)
+        names = data_manifest.get("feature_names") or [f"x{i}" for i in range(generated.shape[1])]
+        plot_histograms({variant.label: generated}, held_out, names, out / "histograms.png")
+        header = ",".join(names)
         atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(tmp, generated, delimiter=",", header=header,
                                                                         comments="", fmt="%.6g"))
     device = next(model.denoiser.parameters()).device  # where generate() put the model
@@ -137,8 +150,9 @@ def evaluate(cfg: Config, distribution: str) -> dict:
                                  device=device, return_trajectories=True)
     plot_trajectories(trajectory.trajectory, trajectory.denoised, trajectory.timesteps, out / "trajectories.png")
     chosen = champion_metric(cfg, kind, metrics)
-    record = {"distribution": distribution, "kind": kind, "num_samples": n, "sampler": cfg.sample.sampler,
+    record = {"distribution": variant.distribution, "transform": variant.transform, "kind": kind,
+              "num_samples": n, "sampler": cfg.sample.sampler,
               "sampling_steps": cfg.sample.steps, **metrics, "champion_metric": chosen,
               "champion_score": float(metrics[chosen]), "latent_std": float(latents.std())}
-    write_json(metrics_path(cfg, distribution), record)
+    write_json(metrics_path(cfg, variant), record)
     return record

@@ -1,4 +1,4 @@
-"""Latent diffusion training for one noise distribution.
+"""Latent diffusion training for one model: a noise distribution under a data transform (a ``Variant``).
 
 AdamW with linear warmup, EMA weights, gradient clipping; on CUDA bf16 autocast, channels_last and optional
 ``torch.compile``. The whole latent set sits on the device and batches are drawn by index, so no data loader
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from logdiff_core import noise as noise_lib
 from logdiff_core.diffusion import training_loss
 
-from .config import Config, dump
+from .config import Config, Variant, dump
 from .data import load_manifest
 from .encode import latents_manifest, load_codec, load_latents
 from .encode import stage_dir as latents_dir
@@ -36,32 +36,25 @@ StepCallback = Callable[[int, dict], None]
 Evaluator = Callable[[nn.Module, int], dict]
 
 
-def stage_dir(cfg: Config, distribution: str) -> Path:
-    return cfg.work / "train" / distribution
+def stage_dir(cfg: Config, variant: Variant) -> Path:
+    return cfg.work / "train" / variant.name
 
 
-def distribution_params(cfg: Config, distribution: str) -> dict:
-    if distribution not in cfg.diffusion.distributions:
-        configured = ", ".join(cfg.diffusion.distributions)
-        raise ValueError(f"distribution {distribution!r} is not in diffusion.distributions ({configured})")
-    return cfg.diffusion.distributions[distribution]
-
-
-def model_settings(cfg: Config, distribution: str) -> dict:
-    """The config as it concerns this distribution's model: the other distributions' entries left out, so that
+def model_settings(cfg: Config, variant: Variant) -> dict:
+    """The config as it concerns this one model: the other distributions and transforms left out, so that
     changing one distribution changes nothing about the others (as DVC's per-distribution params say)."""
     settings = cfg.settings()
-    settings["diffusion"] = {**settings["diffusion"],
-                             "distributions": {distribution: distribution_params(cfg, distribution)}}
+    settings["diffusion"] = {**settings["diffusion"], "transforms": [variant.transform],
+                             "distributions": {variant.distribution: cfg.diffusion.distributions[variant.distribution]}}
     return settings
 
 
-def training_fingerprint(cfg: Config, distribution: str) -> str:
+def training_fingerprint(cfg: Config, variant: Variant) -> str:
     """What a checkpoint must match to be resumed: the latents and every setting except the run's length."""
-    settings = {k: v for k, v in model_settings(cfg, distribution).items()
+    settings = {k: v for k, v in model_settings(cfg, variant).items()
                 if k in ("seed", "network", "diffusion", "train")}
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
-    return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg) / "train.npy")})
+    return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg, variant.transform) / "train.npy")})
 
 
 class EMA:
@@ -88,10 +81,12 @@ def _write_history(rows: list[dict], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | None = None,
+def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None = None,
                     evaluator: Evaluator | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the denoiser for ``distribution``; write ``model.pt``, ``history.csv``, ``record.json``."""
-    params = distribution_params(cfg, distribution)
+    """Train (or resume) the denoiser for ``variant``; write ``model.pt``, ``history.csv``, ``record.json``."""
+    variant = cfg.variant(variant.distribution, variant.transform)  # a configured one, or a clear error
+    distribution = variant.distribution
+    params = cfg.diffusion.distributions[distribution]
     noise = noise_lib.get(distribution, **params)
     tc = cfg.train
     distributed = dist.is_available() and dist.is_initialized()
@@ -101,17 +96,17 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    out = stage_dir(cfg, distribution)
+    out = stage_dir(cfg, variant)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml", settings_only=True)
 
-    # A per-distribution, per-rank stream: distributions differ, and DDP ranks draw different batches.
+    # A per-model, per-rank stream: models differ, and DDP ranks draw different batches.
     seed_everything(cfg.seed)
-    stream_seed = cfg.seed * 1_000_003 + zlib.crc32(distribution.encode()) + 7919 * rank
+    stream_seed = cfg.seed * 1_000_003 + zlib.crc32(variant.name.encode()) + 7919 * rank
     gen = torch.Generator(device=device).manual_seed(stream_seed)
-    data = load_latents(cfg, "train").to(device)
-    latent_shape = tuple(latents_manifest(cfg)["latent_shape"])
+    data = load_latents(cfg, variant.transform, "train").to(device)
+    latent_shape = tuple(latents_manifest(cfg, variant.transform)["latent_shape"])
     spec = network_spec(cfg.to_dict(), latent_shape)
     schedule = schedule_from(cfg.to_dict()).to(device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -125,11 +120,11 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
     warmup = lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
 
-    run_fingerprint = training_fingerprint(cfg, distribution)
+    run_fingerprint = training_fingerprint(cfg, variant)
     checkpoint_path = out / "checkpoint.pt"
     start, history, curve = 0, [], []
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, f"{distribution} training")
+        state = load_checkpoint(checkpoint_path, f"{variant.name} training")
         if state.get("fingerprint") == run_fingerprint and state["step"] <= tc.steps:
             model.load_state_dict(state["model"]), ema.model.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"]), lr_schedule.load_state_dict(state["lr_schedule"])
@@ -155,7 +150,7 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     began = time.perf_counter()
-    bar = tqdm(range(start, tc.steps), desc=f"train {distribution}", initial=start, total=tc.steps,
+    bar = tqdm(range(start, tc.steps), desc=f"train {variant.name}", initial=start, total=tc.steps,
                disable=not progress or rank != 0)
     for step in bar:
         x0 = data[torch.randint(0, len(data), (tc.batch_size,), device=device, generator=gen)]
@@ -174,13 +169,13 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
         if done % tc.log_every == 0 or done == tc.steps:
             mean_loss = float(loss_sum) / window_steps  # the one host sync per logging window
             if not torch.isfinite(torch.tensor(mean_loss)):
-                raise FloatingPointError(f"{distribution}: training loss became {mean_loss} at step {done}; "
+                raise FloatingPointError(f"{variant.name}: training loss became {mean_loss} at step {done}; "
                                          "lower train.lr or raise train.grad_clip")
             seconds = time.perf_counter() - window_start
             row = {"step": done, "loss": mean_loss, "lr": opt.param_groups[0]["lr"],
                    "images_per_s": window_steps * tc.batch_size * world / max(seconds, 1e-9)}
             history.append(row)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)  # refresh at tqdm's own pace
             if callback and rank == 0:
                 callback(done, {k: v for k, v in row.items() if k != "step"})
             loss_sum.zero_()
@@ -198,13 +193,15 @@ def train_diffusion(cfg: Config, distribution: str, callback: StepCallback | Non
         return {}
     if curve and curve[-1]["step"] != tc.steps and evaluator:
         curve.append({"step": tc.steps, **evaluator(ema.model, tc.steps)})
-    bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg), model_settings(cfg, distribution),
+    bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
+                          model_settings(cfg, variant),
                           load_manifest(cfg.work / "data").get("feature_names"))
     atomic_torch_save(bundle, out / "model.pt")
     _write_history(history, out / "history.csv")
     _write_history(curve, out / "curve.csv")  # written even when empty: DVC declares it as a plot
     trained_steps = tc.steps - start
-    record = {"distribution": distribution, "noise_params": params, "steps": tc.steps, "resumed_from": start,
+    record = {"distribution": distribution, "transform": variant.transform, "noise_params": params,
+              "steps": tc.steps, "resumed_from": start,
               "final_loss": history[-1]["loss"] if history else None, "seconds": seconds,
               "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None,
               "parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "world_size": world,

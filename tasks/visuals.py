@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: stages run in workers and CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,20 +52,46 @@ def plot_trajectories(trajectory: list[torch.Tensor], denoised: list[torch.Tenso
     return save_figure(fig, path)
 
 
-def plot_histograms(generated: np.ndarray, reference: np.ndarray, names: list[str], path: str | Path,
+def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, names: list[str], path: str | Path,
                     max_features: int = 6) -> Path:
-    """Per-feature histograms, generated vs held-out, on a log x-axis when the reference is positive."""
-    count = min(max_features, generated.shape[1])
-    fig, axes = plt.subplots(1, count, figsize=(3 * count, 2.8), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ref, gen = reference[:, i], generated[:, i][np.isfinite(generated[:, i])]
-        positive = (ref > 0).all() and (gen > 0).all()
-        values = np.concatenate([ref, gen])
+    """Per-feature histograms of each generated set (label -> [N, F]) against the held-out split, for the
+    ``max_features`` most skewed features (where a log transform matters most), on a log x-axis when everything
+    shown is positive."""
+    centred = reference - reference.mean(axis=0)
+    skew = np.abs((centred ** 3).mean(axis=0) / np.maximum(centred.std(axis=0), 1e-12) ** 3)
+    features = np.sort(np.argsort(-skew, kind="stable")[:max_features])
+    fig, axes = plt.subplots(1, len(features), figsize=(3 * len(features), 2.8), squeeze=False)
+    for i, ax in zip(features, axes[0]):
+        ref = reference[:, i]
+        sets = {label: values[:, i][np.isfinite(values[:, i])] for label, values in generated.items()}
+        values = np.concatenate([ref, *sets.values()])
+        positive = bool((values > 0).all())
         bins = np.geomspace(values.min(), values.max(), 30) if positive else np.linspace(values.min(), values.max(), 30)
-        ax.hist(ref, bins=bins, alpha=0.5, density=True, label="held-out")
-        ax.hist(gen, bins=bins, alpha=0.5, density=True, label="generated")
+        ax.hist(ref, bins=bins, density=True, color="0.75", label="held-out")
+        for label, gen in sets.items():
+            ax.hist(gen, bins=bins, density=True, histtype="step", linewidth=1.5, label=label)
         if positive:
             ax.set_xscale("log")
-        ax.set_title(names[i] if i < len(names) else f"feature {i}", fontsize=8)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{names[i] if i < len(names) else f'feature {i}'} (skew {skew[i]:.1f})", fontsize=8)
     axes[0][0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_scores(scores: dict[str, float], groups: dict[str, str], metric: str, floor: float | None,
+                path: str | Path) -> Path:
+    """Horizontal bars of one metric per model (lower is better), coloured by group (the transform), with the
+    real-vs-real floor when there is one."""
+    labels = list(scores)
+    colours = {g: f"C{i}" for i, g in enumerate(dict.fromkeys(groups.values()))}
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 1.2))
+    ax.barh(labels, [scores[k] for k in labels], color=[colours[groups[k]] for k in labels])
+    handles = [matplotlib.patches.Patch(color=c, label=g) for g, c in colours.items()]
+    if floor is not None:
+        handles.append(ax.axvline(floor, color="black", linestyle="--", label="floor (real vs real)"))
+    ax.legend(handles=handles, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{metric} (lower is better)")
+    ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)

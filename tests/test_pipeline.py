@@ -18,22 +18,27 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh project directory after one pipeline run, with hermetic Prefect/MLflow/DVC settings."""
-    root = tmp_path_factory.mktemp("project")
+@pytest.fixture(scope="module", autouse=True)
+def hermetic_env(tmp_path_factory):
+    """Prefect's home in a temp folder, its ephemeral API, the project's own MLflow store, a local Ray."""
     env = pytest.MonkeyPatch()
-    env.setenv("PREFECT_HOME", str(root / ".prefect"))
+    env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
     env.delenv("PREFECT_API_URL", raising=False)
     env.delenv("MLFLOW_TRACKING_URI", raising=False)
     env.delenv("RAY_ADDRESS", raising=False)
     env.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    first = run_pipeline("demo", TINY, project_dir=str(root))
-    yield root, first
+    yield
     import ray
 
     ray.shutdown()
     env.undo()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh project directory after one pipeline run."""
+    root = tmp_path_factory.mktemp("project")
+    return root, run_pipeline("demo", TINY, project_dir=str(root))
 
 
 def dvc_status(root):
@@ -48,31 +53,36 @@ def dvc_status(root):
 
 def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     root, summary = project
-    assert summary["stages_run"] == ["ingest", "autoencoder", "encode", "train@gaussian", "train@student_t",
-                                     "evaluate@gaussian", "evaluate@student_t"]
+    assert summary["stages_run"] == ["ingest", "autoencoder", "encode@identity", "train@gaussian-identity",
+                                     "train@student_t-identity", "evaluate@gaussian-identity",
+                                     "evaluate@student_t-identity", "report"]
     assert dvc_status(root) == {}
     tracking.use_store(root)
     client = MlflowClient()
     for distribution in ("gaussian", "student_t"):
-        info = summary["distributions"][distribution]
+        info = summary["models"][distribution]
         assert info["version"] == 1 and info["champion"] and info["metric"] == "swd_mean"
         model = client.get_registered_model(f"ngldm-digits-{distribution}")
         assert model.aliases == {"champion": 1}
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     names = {r.info.run_name for r in runs}
-    assert {"pipeline", "ingest", "autoencoder", "encode", "gaussian", "student_t"} <= names
+    assert {"pipeline", "ingest", "autoencoder", "encode@identity", "gaussian", "student_t", "report"} <= names
     gaussian = next(r for r in runs if r.info.run_name == "gaussian")
     assert [m.step for m in client.get_metric_history(gaussian.info.run_id, "loss")] == [5, 10]
     assert "curve_swd_mean" in gaussian.data.metrics and "champion_score" in gaussian.data.metrics
     assert gaussian.data.tags["data_content_hash"] and gaussian.data.tags["dvc_data_md5"]
-    assert (root / "params.yaml").exists() and (root / "artifacts" / "eval" / "gaussian" / "samples.png").exists()
+    assert (root / "params.yaml").exists()
+    assert (root / "artifacts" / "eval" / "gaussian-identity" / "samples.png").exists()
+    parent = next(r for r in runs if r.info.run_name == "pipeline")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "report.json", "scores.png"} <= logged
 
 
 def test_rerun_skips_everything(project):
     root, first = project
     again = run_pipeline("demo", TINY, project_dir=str(root))
     assert again["stages_run"] == []
-    assert {d: i["version"] for d, i in again["distributions"].items()} == {"gaussian": 1, "student_t": 1}
+    assert {d: i["version"] for d, i in again["models"].items()} == {"gaussian": 1, "student_t": 1}
 
 
 def test_changing_one_distribution_reruns_only_it(project):
@@ -80,9 +90,9 @@ def test_changing_one_distribution_reruns_only_it(project):
     changed = [o for o in TINY if not o.startswith("diffusion.distributions")]
     changed.append("diffusion.distributions={gaussian: {}, student_t: {nu: 8}}")
     summary = run_pipeline("demo", changed, project_dir=str(root))
-    assert summary["stages_run"] == ["train@student_t", "evaluate@student_t"]
-    assert summary["distributions"]["student_t"]["version"] == 2
-    assert summary["distributions"]["gaussian"]["version"] == 1
+    assert summary["stages_run"] == ["train@student_t-identity", "evaluate@student_t-identity", "report"]
+    assert summary["models"]["student_t"]["version"] == 2
+    assert summary["models"]["gaussian"]["version"] == 1
     assert dvc_status(root) == {}
 
 
@@ -94,7 +104,7 @@ def test_dvc_repro_writes_what_the_flow_wrote(project):
 
     root, _ = project
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian"], cwd=root,
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity"], cwd=root,
                    env=env, check=True, capture_output=True)
     assert dvc_status(root) == {}
 
@@ -114,9 +124,32 @@ def test_one_distribution_across_two_ddp_workers(project):
     """Ray Train (TorchTrainer, gloo DDP on CPU) runs the same training stage across two workers."""
     from flows.distributed import train_ddp
     from tasks import config
+    from tasks.config import Variant
 
     root, _ = project
     cfg = config.load(str(root / "params.yaml"), [f"workdir={root / 'artifacts'}", "train.num_workers=2",
                                                    "train.eval_every=0"])
-    record = train_ddp(cfg, "gaussian")
+    record = train_ddp(cfg, Variant("gaussian", "identity"))
     assert record["world_size"] == 2 and record["steps"] == 10
+
+
+def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path):
+    """The LogDiff preset through the flow: one model per distribution x transform, a comparison report, and a
+    registered log-space model whose samples, in the original units, are all positive."""
+    import pandas as pd
+
+    tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
+            "eval.num_samples=150", "sample.steps=5", "diffusion.distributions={gaussian: {}, laplace: {}}"]
+    summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
+    assert set(summary["models"]) == {"gaussian", "laplace", "gaussian-log", "laplace-log"}
+    assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
+    assert dvc_status(tmp_path) == {}
+    report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
+    assert "| laplace-log | laplace | log |" in report and "| gaussian | gaussian | identity |" in report
+
+    out = tmp_path / "samples.csv"
+    assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
+                "--steps", "3", "--project-dir", str(tmp_path)]) == 0
+    frame = pd.read_csv(out)
+    assert frame.shape == (200, 13) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
+    assert (frame.to_numpy() > 0).all()

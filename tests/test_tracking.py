@@ -15,7 +15,7 @@ from mlflow.pyfunc import PythonModelContext
 from flows import tracking
 from logdiff_core.transforms import IdentityTransform
 from tasks.codec import Codec
-from tasks.config import from_dict
+from tasks.config import Variant, from_dict
 from tasks.io import sha256_file
 from tasks.sample import TrainedModel, build_network, model_bundle, network_spec, schedule_from
 
@@ -62,9 +62,10 @@ def train_run(project):
             yield run_id
 
 
-def register(project: Path, run_id: str, score: float, seed: int = 0, metric: str = "distance") -> dict:
+def register(project: Path, run_id: str, score: float, seed: int = 0, metric: str = "distance",
+             transform: str = "identity") -> dict:
     return tracking.register_model(write_model(project / f"model-{seed}.pt", seed=seed), dataset="wine",
-                                   distribution="gaussian", run_id=run_id, score=score, metric=metric,
+                                   variant=Variant("gaussian", transform), run_id=run_id, score=score, metric=metric,
                                    tags={"dvc_data_hash": "d41d8"})
 
 
@@ -170,6 +171,10 @@ def test_champion_moves_only_on_a_better_score_and_reregistering_is_idempotent(p
     assert v2.run_id == train_run
     assert v2.tags["model_sha256"] == sha256_file(project / "model-1.pt")
     assert (v2.tags["champion_metric"], float(v2.tags["score"]), v2.tags["dvc_data_hash"]) == ("distance", 2.0, "d41d8")
+    assert (v2.tags["distribution"], v2.tags["transform"]) == ("gaussian", "identity")
+
+    log = register(project, train_run, score=5.0, seed=4, transform="log")  # its own model, its own champion
+    assert (log["name"], log["version"], log["champion"]) == ("ngldm-wine-gaussian-log", 1, True)
 
 
 def test_load_registered_champion_generates_and_pyfunc_predicts(project, train_run):

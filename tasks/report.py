@@ -1,0 +1,139 @@
+"""The comparison report: every evaluated model (noise distribution x transform) side by side.
+
+Reads the evaluate stage's metrics (``eval/<name>.json``) and writes ``report/report.md`` (a table per metric
+with the best model marked and, for array data, the real-vs-real floor), ``report/report.json`` (the same figures
+and the winners), a bar chart of the champion scores and, for array data, per-feature histograms of the best model
+of each transform against the held-out split.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, Variant
+from .data import load_manifest, load_split
+from .evaluate import metrics_path
+from .evaluate import stage_dir as eval_dir
+from .io import atomic_write_text, read_json, write_json
+from .visuals import plot_histograms, plot_scores
+
+# What the table shows per data kind, lower is better for all; floors exist for array metrics.
+COLUMNS = {"image": ("fid", "kid", "swd_mean"),
+           "array": ("frac_non_positive", "wasserstein", "log_wasserstein", "correlation_distance")}
+
+
+def stage_dir(cfg: Config) -> Path:
+    return cfg.work / "report"
+
+
+def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
+    found, missing = {}, []
+    for variant in cfg.variants():
+        path = metrics_path(cfg, variant)
+        if path.exists():
+            found[variant] = read_json(path)
+        else:
+            missing.append(variant)
+    return found, missing
+
+
+def _format(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"
+    return f"{value:.4g}"
+
+
+def _scored(rows: dict[Variant, dict], column: str) -> dict[Variant, float]:
+    return {v: r[column] for v, r in rows.items() if isinstance(r.get(column), (int, float))}
+
+
+def _best(rows: dict[Variant, dict], column: str) -> Variant | None:
+    scored = _scored(rows, column)
+    return min(scored, key=scored.get) if scored else None
+
+
+def _ties_for_best(rows: dict[Variant, dict], column: str) -> set[str]:
+    scored = _scored(rows, column)
+    return {v.name for v, value in scored.items() if value == min(scored.values())} if scored else set()
+
+
+def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], kind: str, columns: list[str],
+              pictures: list[str]) -> str:
+    metric = next(iter(rows.values()))["champion_metric"]
+    lines = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
+             f"{len(rows)} models, each sampled {next(iter(rows.values()))['num_samples']} times with "
+             f"{cfg.sample.sampler} ({cfg.sample.steps} steps). Lower is better everywhere; **bold** is the best "
+             f"in its column. Champions are chosen by `{metric}`.", ""]
+    if kind == "array":
+        first = next(iter(rows.values()))
+        lines += [f"Array metrics compare generated samples with the held-out split in chunks of "
+                  f"{first.get('metric_sample_size', '?')} rows; the *floor* row is real training data against the "
+                  "same held-out split at the same size, the best a perfect model could expect.", ""]
+    bold = {column: _ties_for_best(rows, column) for column in columns}
+    lines += ["| model | distribution | transform | " + " | ".join(columns) + " |",
+              "| --- | --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
+    for variant, record in rows.items():
+        cells = []
+        for column in columns:
+            text = _format(record.get(column))
+            cells.append(f"**{text}**" if variant.name in bold[column] else text)
+        lines.append(f"| {variant.label} | {variant.distribution} | {variant.transform} | " + " | ".join(cells) + " |")
+    if kind == "array":
+        first = next(iter(rows.values()))
+        lines.append("| *floor (real vs real)* | | | " +
+                     " | ".join(_format(first.get(f"floor_{c}")) for c in columns) + " |")
+    if missing:
+        lines += ["", "Not evaluated (training failed or not run): " + ", ".join(v.label for v in missing) + "."]
+    transforms = sorted({v.transform for v in rows})
+    if len(transforms) > 1:
+        lines += ["", f"Per transform, over its {len(cfg.diffusion.distributions)} noise distributions:", "",
+                  f"| transform | best model | best `{metric}` | mean `{metric}` | models with non-positive samples |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        for transform in transforms:
+            subset = {v: r for v, r in rows.items() if v.transform == transform}
+            best = _best(subset, metric)
+            mean = float(np.mean(list(_scored(subset, metric).values())))
+            negative = sum(1 for r in subset.values() if r.get("frac_non_positive", 0) > 0)
+            lines.append(f"| {transform} | {best.label} | {_format(subset[best][metric])} | {_format(mean)} | "
+                         f"{negative} of {len(subset)} |")
+    lines += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
+    return "\n".join(lines)
+
+
+def write_report(cfg: Config) -> dict:
+    """Write the comparison of every evaluated model; returns the winners and the table."""
+    rows, missing = _collect(cfg)
+    if not rows:
+        raise FileNotFoundError(f"no evaluated models under {cfg.work / 'eval'}; run the evaluate stages first")
+    out = stage_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = next(iter(rows.values()))["kind"]
+    columns = [c for c in COLUMNS[kind] if any(c in r for r in rows.values())]
+    metric = next(iter(rows.values()))["champion_metric"]
+    winners = {c: best.name for c in [*columns, metric] if (best := _best(rows, c)) is not None}
+    pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
+                            metric, rows[next(iter(rows))].get(f"floor_{metric}"), out / "scores.png").name]
+    if kind == "array":
+        best_per_transform = {}
+        for transform in cfg.diffusion.transforms:
+            subset = {v: r for v, r in rows.items() if v.transform == transform}
+            if subset:
+                best = _best(subset, metric)
+                best_per_transform[best.label] = np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",",
+                                                            skiprows=1, ndmin=2)
+        held_out = load_split(cfg.work / "data", "val").values
+        names = load_manifest(cfg.work / "data").get("feature_names") or []
+        pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
+    summary = {"champion_metric": metric, "best": winners.get(metric), "winners": winners,
+               "missing": [v.name for v in missing],
+               "models": {v.name: {"distribution": v.distribution, "transform": v.transform,
+                                   **{c: r.get(c) for c in columns},
+                                   **({f"floor_{c}": r.get(f"floor_{c}") for c in columns} if kind == "array" else {})}
+                          for v, r in rows.items()}}
+    atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, kind, columns, pictures))
+    write_json(out / "report.json", summary)
+    return summary
