@@ -2,8 +2,8 @@
 
 Reads the evaluate stage's metrics (``eval/<name>.json``) and writes ``report/report.md`` (a table per metric
 with the best model marked and, for array data, the real-vs-real floor), ``report/report.json`` (the same figures
-and the winners), a bar chart of the champion scores and, for array data, per-feature histograms of the best model
-of each transform against the held-out split.
+and the winners), a bar chart of the champion scores and, for images, every model's sample grid side by side; for
+array data, per-feature histograms of the best model of each transform against the held-out split.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .data import load_manifest, load_split
 from .evaluate import metrics_path
 from .evaluate import stage_dir as eval_dir
 from .io import atomic_write_text, read_json, write_json
-from .visuals import plot_histograms, plot_scores
+from .visuals import plot_grids_side_by_side, plot_histograms, plot_scores
 
 # What the table shows per data kind, lower is better for all; floors exist for array metrics.
 COLUMNS = {"image": ("fid", "kid", "swd_mean"),
@@ -117,6 +117,10 @@ def write_report(cfg: Config) -> dict:
     winners = {c: best.name for c in [*columns, metric] if (best := _best(rows, c)) is not None}
     pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
                             metric, rows[next(iter(rows))].get(f"floor_{metric}"), out / "scores.png").name]
+    if kind == "image":
+        grids = {v.label: eval_dir(cfg, v) / "samples.png" for v in rows if (eval_dir(cfg, v) / "samples.png").exists()}
+        if grids:
+            pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
     if kind == "array":
         best_per_transform = {}
         for transform in cfg.diffusion.transforms:

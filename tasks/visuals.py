@@ -95,3 +95,17 @@ def plot_scores(scores: dict[str, float], groups: dict[str, str], metric: str, f
     ax.set(xlabel=f"{metric} (lower is better)")
     ax.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
+
+
+def plot_grids_side_by_side(grids: dict[str, Path], path: str | Path, columns: int = 5) -> Path:
+    """Sample-grid PNGs (label -> file) in one figure, titled by label, so models can be compared at a glance."""
+    rows = -(-len(grids) // columns)
+    fig, axes = plt.subplots(rows, min(columns, len(grids)), figsize=(3 * min(columns, len(grids)), 3.2 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, grid) in zip(axes.flat, grids.items()):
+        picture = Image.open(grid)
+        ax.imshow(picture, cmap="gray" if picture.mode == "L" else None)
+        ax.set_title(label, fontsize=9)
+    return save_figure(fig, path)

@@ -75,7 +75,7 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert (root / "artifacts" / "eval" / "gaussian-identity" / "samples.png").exists()
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "report.json", "scores.png"} <= logged
+    assert {"report.md", "report.json", "scores.png", "samples.png"} <= logged
 
 
 def test_rerun_skips_everything(project):
@@ -153,3 +153,25 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     frame = pd.read_csv(out)
     assert frame.shape == (200, 13) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
     assert (frame.to_numpy() > 0).all()
+
+
+def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):
+    """One model's failure (here an unconfigured distribution) comes back as its exception; the rest train, and
+    `logdiff run` prints the failure and exits 1."""
+    from flows import pipeline
+    from flows.distributed import train_variants
+    from tasks import config
+    from tasks.config import Variant
+
+    root, _ = project
+    cfg = config.load(str(root / "params.yaml"), [f"workdir={root / 'artifacts'}", "train.eval_every=0"])
+    results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
+    assert isinstance(results["gaussian-identity"], dict) and results["gaussian-identity"]["steps"] == 10
+    assert isinstance(results["cauchy-identity"], ValueError)
+    assert "'cauchy' is not in diffusion.distributions" in str(results["cauchy-identity"])
+
+    summary = {"stages_run": ["train@gaussian-identity"], "report": None,
+               "models": {"cauchy": {"error": "training failed: ValueError: boom"}}}
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: summary)
+    assert cli(["run", "demo", "--project-dir", str(root)]) == 1
+    assert "cauchy                training failed: ValueError: boom" in capsys.readouterr().out

@@ -95,6 +95,13 @@ def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
     images = model.generate(5, steps=4, progress=False)
     assert images.dtype == np.uint8 and images.shape == (5, 1, 8, 8)
 
+    summary = write_report(cfg)  # only gaussian is evaluated: the others are named as missing
+    assert summary["best"] == "gaussian-identity" and len(summary["missing"]) == 4
+    table = (cfg.work / "report" / "report.md").read_text()
+    assert f"| gaussian | gaussian | identity | **{result['swd_mean']:.4g}** |" in table
+    assert "Not evaluated (training failed or not run): laplace, uniform, gumbel, exponential." in table
+    assert (cfg.work / "report" / "samples.png").stat().st_size > 0
+
 
 def test_unknown_distribution_and_missing_inputs(tmp_path, encoded):
     cfg, _, _ = encoded
