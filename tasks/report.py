@@ -68,6 +68,9 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], ki
              f"{len(rows)} models, each sampled {next(iter(rows.values()))['num_samples']} times with "
              f"{cfg.sample.sampler} ({cfg.sample.steps} steps). Lower is better everywhere; **bold** is the best "
              f"in its column. Champions are chosen by `{metric}`.", ""]
+    unavailable = next((r["fid_unavailable"] for r in rows.values() if "fid_unavailable" in r), None)
+    if unavailable:
+        lines += [f"No FID or KID: {unavailable}", ""]
     if kind == "array":
         first = next(iter(rows.values()))
         lines += [f"Array metrics compare generated samples with the held-out split in chunks of "

@@ -29,8 +29,12 @@ def hermetic_env(tmp_path_factory):
     env.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     yield
     import ray
+    from prefect.server.api.server import SubprocessASGIServer
 
     ray.shutdown()
+    # stop the ephemeral Prefect server now, not at exit, when its goodbye log line meets closed streams
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
     env.undo()
 
 
