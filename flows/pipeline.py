@@ -188,7 +188,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
             if dvc_stage_name(stage, item) in stale:
                 stage_task(run_cfg, stage, parent_id, item)
                 ran(dvc_stage_name(stage, item))
-                stale |= set(stale_stages(project, all_names))
+                stale |= stale_stages(project, all_names)
         lineage.update(lineage_hashes(project, run_cfg))
         to_train = [v for v in variants if dvc_stage_name("train", v) in stale]
         with variant_runs(parent_id, cfg, lineage) as run_ids:
@@ -201,7 +201,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
                         failure = f"training failed: {type(result).__name__}: {result}"
                         summary["models"][v.label] = {"error": failure}
                         logger.error("%s: %s", v.label, failure)
-                stale |= set(stale_stages(project, all_names))
+                stale |= stale_stages(project, all_names)
             for v in variants:
                 if "error" in summary["models"].get(v.label, {}):
                     continue

@@ -193,6 +193,12 @@ def _correlation(x: np.ndarray) -> np.ndarray:
     return correlation
 
 
+def fraction_non_positive(values: np.ndarray) -> float:
+    """Fraction of entries that are <= 0 or non-finite: what a positive-data model must keep at exactly 0."""
+    values = np.asarray(values, np.float64)
+    return float(np.mean(~np.isfinite(values) | (values <= 0)))
+
+
 def array_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
     """Weight-free distances for tabular/positive data [N, F] (generated) vs [M, F] (reference).
 
@@ -206,9 +212,8 @@ def array_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
     generated, reference = np.asarray(generated, np.float64), np.asarray(reference, np.float64)
     if generated.ndim != 2 or reference.ndim != 2 or generated.shape[1] != reference.shape[1]:
         raise ValueError(f"array_metrics: shapes {generated.shape} and {reference.shape} are not [N, F] and [M, F]")
-    finite = np.isfinite(generated)
-    metrics = {"frac_non_positive": float(np.mean(~finite | (generated <= 0)))}
-    generated = generated[finite.all(axis=1)]
+    metrics = {"frac_non_positive": fraction_non_positive(generated)}
+    generated = generated[np.isfinite(generated).all(axis=1)]
     if len(generated) == 0:
         return metrics | {"wasserstein": np.inf, "log_wasserstein": np.inf, "correlation_distance": np.inf}
 

@@ -272,7 +272,7 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    from logdiff_core import noise
+    from logdiff_core import noise, samplers, transforms
 
     for name, params in cfg.diffusion.distributions.items():
         try:
@@ -296,10 +296,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
-    transforms_known = ("identity", "log")
     for name in cfg.diffusion.transforms:
-        if name not in transforms_known:
-            raise ConfigError(f"diffusion.transforms: {name!r} is not one of: {', '.join(transforms_known)}")
+        if name not in transforms.names():
+            raise ConfigError(f"diffusion.transforms: {name!r} is not one of: {', '.join(transforms.names())}")
     if not cfg.diffusion.transforms or len(set(cfg.diffusion.transforms)) != len(cfg.diffusion.transforms):
         raise ConfigError(f"diffusion.transforms: name each transform once, got {cfg.diffusion.transforms}")
     image_data = cfg.data.source in IMAGE_SOURCES
@@ -308,8 +307,6 @@ def _validate(cfg: Config) -> None:
                           "images: use diffusion.transforms=[identity]")
     if not image_data and (cfg.autoencoder.kind, cfg.network.kind) != ("none", "mlp"):
         raise ConfigError(f"data.source={cfg.data.source} is array data: set autoencoder.kind=none and network.kind=mlp")
-    from logdiff_core import samplers
-
     if cfg.sample.sampler not in samplers.names():
         raise ConfigError(f"sample.sampler: {cfg.sample.sampler!r} is not one of: {', '.join(samplers.names())}")
 

@@ -14,8 +14,8 @@ import torch
 
 from logdiff_core import noise as noise_lib
 from logdiff_core import samplers
-from logdiff_core.metrics import (array_metrics, feature_statistics, kernel_inception_distance,
-                                  sliced_wasserstein_distance)
+from logdiff_core.metrics import (array_metrics, feature_statistics, fraction_non_positive,
+                                  kernel_inception_distance, sliced_wasserstein_distance)
 
 from .config import Config, Variant, dump
 from .data import load_manifest, load_split
@@ -96,7 +96,7 @@ def array_metrics_with_floor(generated: np.ndarray, held_out: np.ndarray, train:
     floor = array_metrics(_subset(train, m, seed), held_out)
     chunks = [array_metrics(generated[i:i + m], held_out) for i in range(0, len(generated) - m + 1, m)]
     metrics = {k: float(np.mean([c[k] for c in chunks])) for k in chunks[0]}
-    metrics["frac_non_positive"] = float(np.mean(~np.isfinite(generated) | (generated <= 0)))  # every sample
+    metrics["frac_non_positive"] = fraction_non_positive(generated)  # over every sample, not the chunks
     return {**metrics, "metric_sample_size": m, **{f"floor_{k}": v for k, v in floor.items()}}
 
 

@@ -61,18 +61,25 @@ def _ties_for_best(rows: dict[Variant, dict], column: str) -> set[str]:
     return {v.name for v, value in scored.items() if value == min(scored.values())} if scored else set()
 
 
-def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], kind: str, columns: list[str],
+def _by_transform(rows: dict[Variant, dict]) -> dict[str, dict[Variant, dict]]:
+    groups: dict[str, dict[Variant, dict]] = {}
+    for variant, record in rows.items():
+        groups.setdefault(variant.transform, {})[variant] = record
+    return groups
+
+
+def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], columns: list[str],
               pictures: list[str]) -> str:
-    metric = next(iter(rows.values()))["champion_metric"]
+    first = next(iter(rows.values()))
+    kind, metric = first["kind"], first["champion_metric"]
     lines = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
-             f"{len(rows)} models, each sampled {next(iter(rows.values()))['num_samples']} times with "
+             f"{len(rows)} models, each sampled {first['num_samples']} times with "
              f"{cfg.sample.sampler} ({cfg.sample.steps} steps). Lower is better everywhere; **bold** is the best "
              f"in its column. Champions are chosen by `{metric}`.", ""]
     unavailable = next((r["fid_unavailable"] for r in rows.values() if "fid_unavailable" in r), None)
     if unavailable:
         lines += [f"No FID or KID: {unavailable}", ""]
     if kind == "array":
-        first = next(iter(rows.values()))
         lines += [f"Array metrics compare generated samples with the held-out split in chunks of "
                   f"{first.get('metric_sample_size', '?')} rows; the *floor* row is real training data against the "
                   "same held-out split at the same size, the best a perfect model could expect.", ""]
@@ -86,18 +93,16 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], ki
             cells.append(f"**{text}**" if variant.name in bold[column] else text)
         lines.append(f"| {variant.label} | {variant.distribution} | {variant.transform} | " + " | ".join(cells) + " |")
     if kind == "array":
-        first = next(iter(rows.values()))
         lines.append("| *floor (real vs real)* | | | " +
                      " | ".join(_format(first.get(f"floor_{c}")) for c in columns) + " |")
     if missing:
         lines += ["", "Not evaluated (training failed or not run): " + ", ".join(v.label for v in missing) + "."]
-    transforms = sorted({v.transform for v in rows})
-    if len(transforms) > 1:
+    groups = _by_transform(rows)
+    if len(groups) > 1:
         lines += ["", f"Per transform, over its {len(cfg.diffusion.distributions)} noise distributions:", "",
                   f"| transform | best model | best `{metric}` | mean `{metric}` | models with non-positive samples |",
                   "| --- | --- | ---: | ---: | ---: |"]
-        for transform in transforms:
-            subset = {v: r for v, r in rows.items() if v.transform == transform}
+        for transform, subset in sorted(groups.items()):
             best = _best(subset, metric)
             mean = float(np.mean(list(_scored(subset, metric).values())))
             negative = sum(1 for r in subset.values() if r.get("frac_non_positive", 0) > 0)
@@ -114,24 +119,20 @@ def write_report(cfg: Config) -> dict:
         raise FileNotFoundError(f"no evaluated models under {cfg.work / 'eval'}; run the evaluate stages first")
     out = stage_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    kind = next(iter(rows.values()))["kind"]
+    first = next(iter(rows.values()))
+    kind, metric = first["kind"], first["champion_metric"]
     columns = [c for c in COLUMNS[kind] if any(c in r for r in rows.values())]
-    metric = next(iter(rows.values()))["champion_metric"]
     winners = {c: best.name for c in [*columns, metric] if (best := _best(rows, c)) is not None}
     pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
-                            metric, rows[next(iter(rows))].get(f"floor_{metric}"), out / "scores.png").name]
+                            metric, first.get(f"floor_{metric}"), out / "scores.png").name]
     if kind == "image":
         grids = {v.label: eval_dir(cfg, v) / "samples.png" for v in rows if (eval_dir(cfg, v) / "samples.png").exists()}
         if grids:
             pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
-    if kind == "array":
-        best_per_transform = {}
-        for transform in cfg.diffusion.transforms:
-            subset = {v: r for v, r in rows.items() if v.transform == transform}
-            if subset:
-                best = _best(subset, metric)
-                best_per_transform[best.label] = np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",",
-                                                            skiprows=1, ndmin=2)
+    else:
+        best_per_transform = {best.label: np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",", skiprows=1,
+                                                     ndmin=2)
+                              for subset in _by_transform(rows).values() if (best := _best(subset, metric))}
         held_out = load_split(cfg.work / "data", "val").values
         names = load_manifest(cfg.work / "data").get("feature_names") or []
         pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
@@ -141,6 +142,6 @@ def write_report(cfg: Config) -> dict:
                                    **{c: r.get(c) for c in columns},
                                    **({f"floor_{c}": r.get(f"floor_{c}") for c in columns} if kind == "array" else {})}
                           for v, r in rows.items()}}
-    atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, kind, columns, pictures))
+    atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, columns, pictures))
     write_json(out / "report.json", summary)
     return summary
