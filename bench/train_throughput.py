@@ -25,7 +25,8 @@ from tasks import config  # noqa: E402
 from tasks.autoencoder import train_autoencoder  # noqa: E402
 from tasks.encode import encode_latents  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
-from tasks.train import stage_dir, train_diffusion  # noqa: E402
+from tasks.paths import train_dir  # noqa: E402
+from tasks.train import train_diffusion  # noqa: E402
 
 DEFAULT_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train.zip"
 
@@ -70,7 +71,7 @@ def main() -> None:
     variant = cfg.variants()[0]
     latents = encode_latents(cfg, variant.transform)
     record = train_diffusion(cfg, variant, progress=False)
-    rate = median_window_rate(stage_dir(cfg, variant) / "history.csv")
+    rate = median_window_rate(train_dir(cfg, variant) / "history.csv")
     print(f"diffusion ({variant.name}, latents {tuple(latents['latent_shape'])}, "
           f"{record['parameters'] / 1e6:.2f} M parameters, compile={cfg.train.compile and gpu}, "
           f"bf16={cfg.train.bf16 and gpu}): "

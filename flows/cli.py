@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = ("ingest", "autoencoder", "encode", "train", "evaluate", "report")
+from flows.stages import STAGES
+
 PARAMS_FILE = "params.yaml"
 
 EPILOG = """\
@@ -83,18 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(args) -> None:
     from tasks import config
 
-    from flows import stages
+    from flows.stages import run_stage
 
     cfg = config.load(args.params)
     item = None
-    if args.name in stages.PER_VARIANT:
+    if STAGES[args.name].fan_out == "variant":
         if not args.distribution:
             raise ValueError(f"logdiff stage {args.name} needs --distribution "
                              f"(one of {', '.join(cfg.diffusion.distributions)})")
         item = cfg.variant(args.distribution, args.transform)
-    elif args.name in stages.PER_TRANSFORM:
+    elif STAGES[args.name].fan_out == "transform":
         item = cfg.transform(args.transform)
-    stages.run_stage(cfg, args.name, item)
+    run_stage(cfg, args.name, item)
 
 
 def _sample(args) -> None:

@@ -14,8 +14,8 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from tasks.config import Config, Variant, from_dict
-
-StepCallback = Callable[[int, dict], None]
+from tasks.paths import train_dir
+from tasks.runtime import StepCallback
 
 
 def init_ray() -> None:
@@ -88,7 +88,6 @@ def train_ddp(cfg: Config, variant: Variant, callback: StepCallback | None = Non
     from ray.train.torch import TorchTrainer
 
     from tasks.io import read_json
-    from tasks.train import stage_dir
 
     init_ray()
     use_gpu = gpus_per_task(cfg) > 0
@@ -105,4 +104,4 @@ def train_ddp(cfg: Config, variant: Variant, callback: StepCallback | None = Non
     result = trainer.fit()
     if result.error:
         raise result.error
-    return read_json(stage_dir(cfg, variant) / "record.json")
+    return read_json(train_dir(cfg, variant) / "record.json")

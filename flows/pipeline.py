@@ -24,10 +24,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import tracking
-from flows.stages import Item, dvc_stage_name, run_stage, stage_pictures
+from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config
 from tasks.config import Config, Variant
-from tasks.report import stage_dir as report_dir
+from tasks.paths import data_dir, eval_metrics_file, report_dir, train_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,15 +61,31 @@ def stale_stages(project_dir: Path, names: list[str]) -> set[str]:
     return {name for name in names if name in status}
 
 
-def commit_stages(project_dir: Path, names: list[str]) -> None:
-    """Record outputs produced by the flow in dvc.lock, as ``dvc repro`` would have."""
-    if names:
-        _dvc(project_dir, ["commit", "--force", "--quiet", *names])
+class StaleStages:
+    """Which stages must run, as DVC sees it, kept current as stages run: ``ran(name)`` records a stage's outputs
+    in dvc.lock (``dvc commit``, as ``dvc repro`` would have), and the next question about a stage not yet known
+    to be stale asks DVC again, since new outputs make the stages below them stale."""
+
+    def __init__(self, project_dir: Path, names: list[str], force: bool) -> None:
+        self.project_dir, self.names = project_dir, names
+        self.stale = set(names) if force else stale_stages(project_dir, names)
+        self.ran_since_check = False
+
+    def __contains__(self, name: str) -> bool:
+        if name not in self.stale and self.ran_since_check:
+            self.stale |= stale_stages(self.project_dir, self.names)
+            self.ran_since_check = False
+        return name in self.stale
+
+    def ran(self, name: str) -> None:
+        _dvc(self.project_dir, ["commit", "--force", "--quiet", name])
+        self.stale.discard(name)
+        self.ran_since_check = True
 
 
 @task(name="stage", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="{stage}")
 def stage_task(cfg: Config, stage: str, parent_run_id: str, item: Item = None) -> dict:
-    with tracking.child_run(parent_run_id, dvc_stage_name(stage, item), params=stage_params(cfg, stage)) as run_id:
+    with tracking.child_run(parent_run_id, STAGES[stage].dvc_name(item), params=stage_params(cfg, stage)) as run_id:
         record = run_stage(cfg, stage, item, callback=tracking.MetricLogger(mlflow_uri(), run_id))
         tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, stage, item))
     return record
@@ -99,12 +115,10 @@ def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
 @task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE,
       task_run_name="register-{variant.name}")
 def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dict:
-    from tasks.evaluate import metrics_path
     from tasks.io import read_json
-    from tasks.train import stage_dir
 
-    metrics = read_json(metrics_path(cfg, variant))
-    registered = tracking.register_model(stage_dir(cfg, variant) / "model.pt", dataset=dataset_name(cfg),
+    metrics = read_json(eval_metrics_file(cfg, variant))
+    registered = tracking.register_model(train_dir(cfg, variant) / "model.pt", dataset=dataset_name(cfg),
                                          variant=variant, run_id=run_id, score=metrics["champion_score"],
                                          metric=metrics["champion_metric"], tags=tags)
     return {**registered, "metric": metrics["champion_metric"]}
@@ -116,14 +130,6 @@ def mlflow_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def stage_params(cfg: Config, stage: str) -> dict:
-    """The config sections a stage reads, logged as its run's params."""
-    sections = {"ingest": ("seed", "data"), "autoencoder": ("seed", "autoencoder"), "encode": ("diffusion",),
-                "model": ("seed", "network", "diffusion", "train", "sample", "eval"),
-                "report": ("diffusion", "sample", "eval")}[stage]
-    return {k: v for k, v in cfg.to_dict().items() if k in sections}
-
-
 def lineage_hashes(project: Path, cfg: Config) -> dict:
     """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder."""
     import yaml
@@ -132,7 +138,7 @@ def lineage_hashes(project: Path, cfg: Config) -> dict:
 
     lock = project / "dvc.lock"
     outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("ingest", {}).get("outs", []) if lock.exists() else []
-    return {"data_content_hash": load_manifest(Path(cfg.workdir) / "data")["content_hash"],
+    return {"data_content_hash": load_manifest(data_dir(cfg))["content_hash"],
             "dvc_data_md5": outs[0].get("md5", "") if outs else ""}
 
 
@@ -143,7 +149,7 @@ def variant_runs(parent_id: str, cfg: Config, tags: dict) -> Iterator[dict[str, 
     with ExitStack() as stack:
         yield {v.name: stack.enter_context(tracking.child_run(
                    parent_id, v.label,
-                   params={**stage_params(cfg, "model"),
+                   params={**stage_params(cfg, "train", "evaluate"),
                            "noise": {v.distribution: cfg.diffusion.distributions[v.distribution]},
                            "transform": v.transform},
                    tags={**tags, "distribution": v.distribution, "transform": v.transform}))
@@ -168,52 +174,47 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     # stages resolve paths against the project, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(project / cfg.workdir))
     variants = cfg.variants()
-    upstream = [("ingest", None), ("autoencoder", None), *(("encode", t) for t in cfg.diffusion.transforms)]
-    all_names = [*(dvc_stage_name(s, item) for s, item in upstream),
-                 *(dvc_stage_name(s, v) for s in ("train", "evaluate") for v in variants), "report"]
-    stale = set(all_names) if force else stale_stages(project, all_names)
-    logger.info("stale stages: %s", ", ".join(n for n in all_names if n in stale) or "none")
+    stale = StaleStages(project, stage_names(cfg), force)
+    logger.info("stale stages: %s", ", ".join(n for n in stage_names(cfg) if n in stale.stale) or "none")
 
     lineage = {"git_commit": tracking.git_commit(project), "prefect_flow_run_id": _flow_run_id(),
                "preset": preset}
     summary: dict = {"stages_run": [], "models": {}}
 
     def ran(name: str) -> None:
-        commit_stages(project, [name])
+        stale.ran(name)
         summary["stages_run"].append(name)
 
+    def run_if_stale(stage: str, item: Item, run) -> None:
+        if (name := STAGES[stage].dvc_name(item)) in stale:
+            run()
+            ran(name)
+
     with tracking.start_parent_run(cfg, project, tags=lineage) as parent_id:
-        # an upstream change makes everything below it stale too (DVC reports that as changed deps)
-        for stage, item in upstream:
-            if dvc_stage_name(stage, item) in stale:
-                stage_task(run_cfg, stage, parent_id, item)
-                ran(dvc_stage_name(stage, item))
-                stale |= stale_stages(project, all_names)
+        for stage in ("ingest", "autoencoder", "encode"):
+            for item in STAGES[stage].items(cfg):
+                run_if_stale(stage, item, lambda: stage_task(run_cfg, stage, parent_id, item))
         lineage.update(lineage_hashes(project, run_cfg))
-        to_train = [v for v in variants if dvc_stage_name("train", v) in stale]
         with variant_runs(parent_id, cfg, lineage) as run_ids:
-            if to_train:
+            to_train = [v for v in variants if STAGES["train"].dvc_name(v) in stale]
+            if to_train:  # one call, so Ray trains them side by side
                 results = train_task(run_cfg, to_train, run_ids)
                 for v in to_train:
                     if isinstance(result := results[v.name], dict):
-                        ran(dvc_stage_name("train", v))
+                        ran(STAGES["train"].dvc_name(v))
                     else:
                         failure = f"training failed: {type(result).__name__}: {result}"
                         summary["models"][v.label] = {"error": failure}
                         logger.error("%s: %s", v.label, failure)
-                stale |= stale_stages(project, all_names)
             for v in variants:
                 if "error" in summary["models"].get(v.label, {}):
                     continue
-                if dvc_stage_name("evaluate", v) in stale:
-                    evaluate_task(run_cfg, v, run_ids[v.name])
-                    ran(dvc_stage_name("evaluate", v))
+                run_if_stale("evaluate", v, lambda: evaluate_task(run_cfg, v, run_ids[v.name]))
                 summary["models"][v.label] = register_task(run_cfg, v, run_ids[v.name], lineage)
-        evaluated = any("error" not in info for info in summary["models"].values())
-        if evaluated and (force or stale_stages(project, ["report"])):
-            stage_task(run_cfg, "report", parent_id)
-            ran("report")
-            tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
+        if any("error" not in info for info in summary["models"].values()):
+            run_if_stale("report", None, lambda: stage_task(run_cfg, "report", parent_id))
+            if "report" in summary["stages_run"]:
+                tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
         report_file = report_dir(run_cfg) / "report.md"
         summary["report"] = str(report_file) if report_file.exists() else None
     return summary

@@ -1,52 +1,109 @@
-"""One table of the pipeline's stages: the function each runs, its DVC stage name and the files it shows.
+"""The pipeline's one stage table: what each stage runs, how it fans out, where its outputs go and which config
+sections it reads.
 
-``logdiff stage`` (what ``dvc.yaml`` runs) and the Prefect flow both go through ``run_stage``, so the two can
-never drift apart. Stages run once (ingest, autoencoder, report), once per transform (encode) or once per model,
-a ``Variant`` of noise distribution and transform (train, evaluate).
+``logdiff stage`` (what ``dvc.yaml`` runs), the Prefect flow and MLflow tracking all read ``STAGES``, so they can
+never drift apart; a test checks the table against ``dvc.yaml``. A stage runs once, once per data transform
+(``encode``) or once per model, a ``Variant`` of noise distribution and transform (``train``, ``evaluate``).
+The stage functions are imported when a stage runs, so reading the table (``logdiff --help``) stays instant.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from tasks import autoencoder, encode, evaluate, ingest, report, train
+from tasks import paths
 from tasks.config import Config, Variant
 
-PER_TRANSFORM = ("encode",)
-PER_VARIANT = ("train", "evaluate")
-Item = str | Variant | None  # the transform (per-transform stages) or the variant (per-model stages)
+if TYPE_CHECKING:
+    from tasks.runtime import StepCallback
+
+Item = str | Variant | None  # the transform (per-transform stages), the variant (per-model stages) or nothing
+FAN_OUTS = ("once", "transform", "variant")
 
 
-def dvc_stage_name(stage: str, item: Item = None) -> str:
-    """The name ``dvc.yaml``'s foreach/matrix gives a stage: ``encode@log``, ``train@laplace-identity``."""
-    if stage in PER_VARIANT:
-        return f"{stage}@{item.name}"
-    if stage in PER_TRANSFORM:
-        return f"{stage}@{item}"
-    return stage
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fan_out: str  # one of FAN_OUTS
+    run: Callable[[Config, Item, StepCallback | None], dict]
+    folder: Callable[[Config, Item], Path]  # what the stage writes, attached to its MLflow run
+    params: tuple[str, ...]  # the config sections it reads: its MLflow params, and in dvc.yaml its params
+
+    def items(self, cfg: Config) -> list[Item]:
+        return {"once": [None], "transform": list(cfg.diffusion.transforms), "variant": cfg.variants()}[self.fan_out]
+
+    def dvc_name(self, item: Item = None) -> str:
+        """The name ``dvc.yaml``'s foreach/matrix gives it: ``ingest``, ``encode@log``, ``train@laplace-identity``."""
+        return {"once": self.name, "transform": f"{self.name}@{item}",
+                "variant": f"{self.name}@{getattr(item, 'name', item)}"}[self.fan_out]
 
 
-def run_stage(cfg: Config, stage: str, item: Item = None, callback: Callable[[int, dict], None] | None = None) -> dict:
-    if stage == "ingest":
-        return ingest.ingest(cfg)
-    if stage == "autoencoder":
-        return autoencoder.train_autoencoder(cfg, callback=callback)
-    if stage == "encode":
-        return encode.encode_latents(cfg, item)
-    if stage == "train":
-        evaluator = evaluate.curve_evaluator(cfg, item) if cfg.train.eval_every else None
-        return train.train_diffusion(cfg, item, callback=callback, evaluator=evaluator)
-    if stage == "evaluate":
-        return evaluate.evaluate(cfg, item)
-    if stage == "report":
-        return report.write_report(cfg)
-    raise ValueError(f"unknown stage {stage!r}")
+def _ingest(cfg: Config, item: None, callback: StepCallback | None) -> dict:
+    from tasks.ingest import ingest
+
+    return ingest(cfg)
+
+
+def _autoencoder(cfg: Config, item: None, callback: StepCallback | None) -> dict:
+    from tasks.autoencoder import train_autoencoder
+
+    return train_autoencoder(cfg, callback=callback)
+
+
+def _encode(cfg: Config, transform: str, callback: StepCallback | None) -> dict:
+    from tasks.encode import encode_latents
+
+    return encode_latents(cfg, transform)
+
+
+def _train(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict:
+    from tasks.scoring import curve_evaluator
+    from tasks.train import train_diffusion
+
+    evaluator = curve_evaluator(cfg, variant) if cfg.train.eval_every else None
+    return train_diffusion(cfg, variant, callback=callback, evaluator=evaluator)
+
+
+def _evaluate(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict:
+    from tasks.evaluate import evaluate
+
+    return evaluate(cfg, variant)
+
+
+def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
+    from tasks.report import write_report
+
+    return write_report(cfg)
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data")),
+    Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder")),
+    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",)),
+    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train")),
+    Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval")),
+    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("diffusion", "sample", "eval")),
+)}
+
+
+def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
+    return STAGES[stage].run(cfg, item, callback)
+
+
+def stage_names(cfg: Config) -> list[str]:
+    """Every DVC stage of this config, in pipeline order."""
+    return [stage.dvc_name(item) for stage in STAGES.values() for item in stage.items(cfg)]
+
+
+def stage_params(cfg: Config, *stages: str) -> dict:
+    """The config sections the given stages read, logged as their run's params."""
+    sections = {section for stage in stages for section in STAGES[stage].params}
+    return {k: v for k, v in cfg.to_dict().items() if k in sections}
 
 
 def stage_pictures(cfg: Config, stage: str, item: Item = None) -> list[Path]:
     """Files worth attaching to the stage's MLflow run: pictures, samples, curves, the resolved config."""
-    folder = {"ingest": lambda: cfg.work / "data", "autoencoder": lambda: autoencoder.stage_dir(cfg),
-              "encode": lambda: encode.stage_dir(cfg, item), "train": lambda: train.stage_dir(cfg, item),
-              "evaluate": lambda: evaluate.stage_dir(cfg, item), "report": lambda: report.stage_dir(cfg)}[stage]()
+    folder = STAGES[stage].folder(cfg, item)
     patterns = ("*.png", "*.csv", "*.md", "config.yaml", "manifest.json", "record.json", "report.json")
     return sorted(p for pattern in patterns for p in folder.glob(pattern))

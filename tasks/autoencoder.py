@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,18 +18,15 @@ from tqdm.auto import tqdm
 
 from logdiff_core.autoencoder import ConvAutoencoder, PatchDiscriminator, gradient_loss, hinge_d_loss, hinge_g_loss
 from logdiff_core.metrics import sliced_wasserstein_distance
+from logdiff_core.networks import count_parameters
 
 from .config import Config, dump
 from .data import float_to_images, images_to_float, load_split
-from .io import atomic_torch_save, fingerprint, load_checkpoint, write_json
-from .runtime import resolve_device, seed_everything
+from .io import Resumable, atomic_torch_save, fingerprint, write_json
+from .paths import autoencoder_dir, data_dir
+from .runtime import StepCallback, resolve_device, seed_everything
+from .scoring import image_fid
 from .visuals import save_image_grid
-
-StepCallback = Callable[[int, dict], None]
-
-
-def stage_dir(cfg: Config) -> Path:
-    return cfg.work / "autoencoder"
 
 
 def build_autoencoder(cfg: Config, in_channels: int) -> ConvAutoencoder:
@@ -54,28 +50,26 @@ def reconstruct(model: ConvAutoencoder, images: np.ndarray, device, batch_size: 
 
 
 def reconstruction_report(cfg: Config, model: ConvAutoencoder, originals: np.ndarray, device) -> dict:
-    from .evaluate import image_fid  # evaluation owns the Inception path
-
     recon = reconstruct(model, originals, device)
     report = {"val_psnr": psnr(recon, originals), "val_count": len(originals),
               "val_rswd": sliced_wasserstein_distance(recon, originals)["swd_mean"]}
     report.update({f"r{k}": v for k, v in image_fid(cfg, recon, originals, stats_cache=None).items()})
-    save_image_grid(np.concatenate([originals[:32], recon[:32]]), stage_dir(cfg) / "reconstructions.png", nrow=8)
+    save_image_grid(np.concatenate([originals[:32], recon[:32]]), autoencoder_dir(cfg) / "reconstructions.png", nrow=8)
     return report
 
 
 def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict:
     """Train (or resume) the autoencoder on the ingested train split; write ``model.pt`` and ``record.json``."""
-    out = stage_dir(cfg)
+    out = autoencoder_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml", settings_only=True)
-    if cfg.autoencoder.kind == "none":  # model.pt still marks the stage's output, for DVC and load_autoencoder
+    if cfg.autoencoder.kind == "none":  # model.pt still marks the stage's output, for DVC and codec.load_autoencoder
         atomic_torch_save({"kind": "none"}, out / "model.pt")
         return write_record(out, {"kind": "none"})
-    train = load_split(cfg.work / "data", "train")
+    train = load_split(data_dir(cfg), "train")
     if train.kind != "image":
         raise ValueError("autoencoder.kind=conv needs image data; set autoencoder.kind=none for array data")
-    val = load_split(cfg.work / "data", "val")
+    val = load_split(data_dir(cfg), "val")
     device = resolve_device(cfg.train.device)
     gen = seed_everything(cfg.seed)
     ae_cfg = cfg.autoencoder
@@ -85,23 +79,15 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     opt_d = torch.optim.AdamW(disc.parameters(), lr=ae_cfg.lr, betas=(0.5, 0.9))
     data = images_to_float(train.values).to(device)
 
-    checkpoint_path = out / "checkpoint.pt"
     run_fingerprint = fingerprint({
         "seed": cfg.seed, "data": train.manifest["content_hash"],
         "autoencoder": {k: v for k, v in cfg.to_dict()["autoencoder"].items() if k not in ("steps", "checkpoint_every", "log_every")}})
+    checkpoint = Resumable(out / "checkpoint.pt", run_fingerprint, "autoencoder", model=model, disc=disc, opt=opt,
+                           opt_d=opt_d)
     start = 0
-    state = load_checkpoint(checkpoint_path, "autoencoder") if checkpoint_path.exists() else {}
-    if state.get("fingerprint") == run_fingerprint and state["step"] <= ae_cfg.steps:
-        model.load_state_dict(state["model"]), disc.load_state_dict(state["disc"])
-        opt.load_state_dict(state["opt"]), opt_d.load_state_dict(state["opt_d"])
+    if state := checkpoint.restore(ae_cfg.steps):
         gen.set_state(state["generator"])
         start = state["step"]
-
-    def save_checkpoint(step: int) -> None:
-        atomic_torch_save({"model": model.state_dict(), "disc": disc.state_dict(), "opt": opt.state_dict(),
-                           "opt_d": opt_d.state_dict(), "generator": gen.get_state(), "step": step,
-                           "fingerprint": run_fingerprint},
-                          checkpoint_path)
 
     use_adv = ae_cfg.adversarial_weight > 0
     began = time.perf_counter()
@@ -130,27 +116,18 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
             if callback:
                 callback(step + 1, metrics)
         if (step + 1) % ae_cfg.checkpoint_every == 0:
-            save_checkpoint(step + 1)
+            checkpoint.save(step + 1, generator=gen.get_state())
     seconds = time.perf_counter() - began
     trained = ae_cfg.steps - start
-    save_checkpoint(ae_cfg.steps)
+    checkpoint.save(ae_cfg.steps, generator=gen.get_state())
 
     report = reconstruction_report(cfg, model, val.values, device)
     atomic_torch_save({"kind": "conv", "init": model.init_args, "state": model.state_dict()}, out / "model.pt")
     return write_record(out, {"kind": "conv", "steps": ae_cfg.steps, "seconds": seconds,
                               "images_per_s": trained * ae_cfg.batch_size / seconds if trained else None,
-                              "parameters": sum(p.numel() for p in model.parameters()), **report})
+                              "parameters": count_parameters(model), **report})
 
 
 def write_record(out: Path, record: dict) -> dict:
     write_json(out / "record.json", record)
     return record
-
-
-def load_autoencoder(cfg: Config) -> ConvAutoencoder | None:
-    state = load_checkpoint(stage_dir(cfg) / "model.pt", "autoencoder")
-    if state["kind"] == "none":
-        return None
-    model = ConvAutoencoder(**state["init"])
-    model.load_state_dict(state["state"])
-    return model.eval()

@@ -1,4 +1,5 @@
-"""The map between data and the space the diffusion model works in.
+"""The map between data and the space the diffusion model works in, and the loaders of what the encode
+stage writes.
 
 data --transform--> (autoencoder encode) --(x - shift) * scale--> diffusion space, and back. Everything a
 sampler needs to return data in its original units (uint8 images or arrays) is in one ``Codec``, saved beside
@@ -14,7 +15,10 @@ import torch
 from logdiff_core import transforms
 from logdiff_core.autoencoder import ConvAutoencoder
 
+from .config import Config
 from .data import float_to_images, images_to_float
+from .io import load_checkpoint, read_json
+from .paths import autoencoder_dir, latents_dir
 
 
 @dataclass
@@ -69,3 +73,29 @@ class Codec:
             ae.eval()
         return cls(state["kind"], transforms.from_state(state["transform"]), ae, state["shift"], state["scale"],
                    tuple(state["latent_shape"]))
+
+
+def load_autoencoder(cfg: Config) -> ConvAutoencoder | None:
+    """The autoencoder stage's model, or None when the preset diffuses the data directly."""
+    state = load_checkpoint(autoencoder_dir(cfg) / "model.pt", "autoencoder")
+    if state["kind"] == "none":
+        return None
+    model = ConvAutoencoder(**state["init"])
+    model.load_state_dict(state["state"])
+    return model.eval()
+
+
+def load_codec(cfg: Config, transform: str) -> Codec:
+    return Codec.from_state(load_checkpoint(latents_dir(cfg, transform) / "codec.pt", "codec"))
+
+
+def load_latents(cfg: Config, transform: str, split: str) -> torch.Tensor:
+    path = latents_dir(cfg, transform) / f"{split}.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"no latents at {path}; run the encode stage first "
+                                f"(logdiff stage encode --transform {transform})")
+    return torch.from_numpy(np.load(path))
+
+
+def latents_manifest(cfg: Config, transform: str) -> dict:
+    return read_json(latents_dir(cfg, transform) / "manifest.json")

@@ -6,23 +6,16 @@ transform (identity or LogDiff's log). One folder per transform, ``latents/<tran
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 
 from logdiff_core import transforms
 
-from .autoencoder import load_autoencoder
-from .codec import Codec
+from .codec import Codec, load_autoencoder
 from .config import Config
 from .data import load_split
-from .io import atomic_save_numpy, atomic_torch_save, load_checkpoint, read_json, write_json
+from .io import atomic_save_numpy, atomic_torch_save, write_json
+from .paths import data_dir, latents_dir
 from .runtime import resolve_device
-
-
-def stage_dir(cfg: Config, transform: str) -> Path:
-    return cfg.work / "latents" / transform
 
 
 def build_transform(cfg: Config, name: str) -> transforms.Transform:
@@ -33,7 +26,7 @@ def build_transform(cfg: Config, name: str) -> transforms.Transform:
 
 def encode_latents(cfg: Config, transform_name: str) -> dict:
     """Encode both splits for one transform (the autoencoder, if any, is shared by every transform)."""
-    train, val = (load_split(cfg.work / "data", split) for split in ("train", "val"))
+    train, val = (load_split(data_dir(cfg), split) for split in ("train", "val"))
     transform = build_transform(cfg, transform_name)
     if train.kind == "array":
         transform.fit(torch.as_tensor(train.values, dtype=torch.float64))
@@ -47,7 +40,7 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
         std = raw.std(0)
         codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
     codec.latent_shape = tuple(raw.shape[1:])
-    out = stage_dir(cfg, transform_name)
+    out = latents_dir(cfg, transform_name)
     latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
     for split, values in latents.items():
         atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
@@ -59,19 +52,3 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
                 "data_content_hash": train.manifest.get("content_hash")}
     write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def load_latents(cfg: Config, transform: str, split: str) -> torch.Tensor:
-    path = stage_dir(cfg, transform) / f"{split}.npy"
-    if not path.exists():
-        raise FileNotFoundError(f"no latents at {path}; run the encode stage first "
-                                f"(logdiff stage encode --transform {transform})")
-    return torch.from_numpy(np.load(path))
-
-
-def load_codec(cfg: Config, transform: str) -> Codec:
-    return Codec.from_state(load_checkpoint(stage_dir(cfg, transform) / "codec.pt", "codec"))
-
-
-def latents_manifest(cfg: Config, transform: str) -> dict:
-    return read_json(stage_dir(cfg, transform) / "manifest.json")

@@ -7,136 +7,39 @@ generated samples scored in chunks of the same size, so that both figures carry 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from logdiff_core import noise as noise_lib
 from logdiff_core import samplers
-from logdiff_core.metrics import (array_metrics, feature_statistics, fraction_non_positive,
-                                  kernel_inception_distance, sliced_wasserstein_distance)
 
 from .config import Config, Variant, dump
 from .data import load_manifest, load_split
-from .fid import FIDUnavailable, InceptionFeatures, fid_from_features, reference_statistics, resolve_fid_weights
 from .io import atomic_save_with, write_json
-from .runtime import resolve_device
-from .encode import load_codec
-from .sample import TrainedModel, load_trained, schedule_from
-from .train import stage_dir as train_dir
+from .paths import data_dir, eval_dir, eval_metrics_file, fid_reference_file, train_dir
+from .sample import load_trained
+from .scoring import array_metrics_with_floor, champion_metric, sample_metrics, subset
 from .visuals import plot_histograms, plot_trajectories, save_image_grid
-
-# Lower is better for every metric a champion can be chosen by.
-WEIGHT_FREE = {"image": "swd_mean", "array": "wasserstein"}
-
-
-def stage_dir(cfg: Config, variant: Variant) -> Path:
-    """Pictures and samples; the metrics sit beside it in ``<name>.json`` (DVC metrics can't nest in outs)."""
-    return cfg.work / "eval" / variant.name
-
-
-def metrics_path(cfg: Config, variant: Variant) -> Path:
-    return cfg.work / "eval" / f"{variant.name}.json"
-
-
-def _subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if len(values) <= n:
-        return values
-    return values[np.sort(np.random.default_rng(seed).choice(len(values), n, replace=False))]
-
-
-def image_fid(cfg: Config, generated: np.ndarray, reference: np.ndarray, stats_cache: Path | None) -> dict:
-    """FID and KID of uint8 images against ``reference``; ``{"fid_unavailable": reason}`` without weights."""
-    if not cfg.eval.fid:
-        return {}
-    try:
-        extractor = InceptionFeatures(resolve_fid_weights(cfg.eval.fid_weights), resolve_device(cfg.train.device))
-    except FIDUnavailable as err:
-        if cfg.eval.fid_required:
-            raise FIDUnavailable(f"{err} (eval.fid_required is true)") from None
-        return {"fid_unavailable": str(err)}
-    if stats_cache is not None:
-        ref_features = None
-        ref_stats = reference_statistics(reference, extractor, stats_cache)
-    else:
-        ref_features = extractor(reference)
-        ref_stats = feature_statistics(ref_features)
-    features = extractor(generated)
-    result = {"fid": fid_from_features(features, ref_stats), "fid_samples": len(generated),
-              "fid_reference_samples": len(reference)}
-    if ref_features is not None:
-        result["kid"], result["kid_std"] = kernel_inception_distance(features, ref_features)
-    return result
-
-
-def sample_metrics(cfg: Config, kind: str, generated: np.ndarray, reference: np.ndarray,
-                   stats_cache: Path | None = None) -> dict:
-    """The metrics of ``generated`` against ``reference`` for this data kind (weight-free always, FID if it can)."""
-    if kind == "image":
-        return {**sliced_wasserstein_distance(generated, reference), **image_fid(cfg, generated, reference, stats_cache)}
-    return array_metrics(generated, reference)
-
-
-def champion_metric(cfg: Config, kind: str, metrics: dict) -> str:
-    """The metric champions are chosen by: ``eval.champion_metric``, or FID when available, else weight-free."""
-    if cfg.eval.champion_metric != "auto":
-        if cfg.eval.champion_metric not in metrics:
-            raise ValueError(f"eval.champion_metric={cfg.eval.champion_metric} was not computed; "
-                             f"available: {', '.join(sorted(k for k, v in metrics.items() if isinstance(v, float)))}")
-        return cfg.eval.champion_metric
-    return "fid" if "fid" in metrics else WEIGHT_FREE[kind]
-
-
-def array_metrics_with_floor(generated: np.ndarray, held_out: np.ndarray, train: np.ndarray, seed: int) -> dict:
-    """Array metrics of ``generated`` vs ``held_out`` and the real-vs-real floor (``floor_*``), at equal sample
-    sizes: the floor compares ``m`` training rows with the held-out split, and the generated figures are the
-    mean over disjoint chunks of ``m`` samples. (A sample-size mismatch biases a distance: more rows, less noise.)"""
-    m = min(len(train), len(generated))
-    floor = array_metrics(_subset(train, m, seed), held_out)
-    chunks = [array_metrics(generated[i:i + m], held_out) for i in range(0, len(generated) - m + 1, m)]
-    metrics = {k: float(np.mean([c[k] for c in chunks])) for k in chunks[0]}
-    metrics["frac_non_positive"] = fraction_non_positive(generated)  # over every sample, not the chunks
-    return {**metrics, "metric_sample_size": m, **{f"floor_{k}": v for k, v in floor.items()}}
-
-
-def curve_evaluator(cfg: Config, variant: Variant, num_samples: int = 256):
-    """For training curves: the weight-free distance (and FID when available) of the EMA model every k steps."""
-    codec = load_codec(cfg, variant.transform)
-    reference_split = load_split(cfg.work / "data", "train" if codec.kind == "image" else "val")
-    reference = _subset(reference_split.values, num_samples, cfg.seed)
-    schedule = schedule_from(cfg.to_dict())
-    noise = noise_lib.get(variant.distribution, **cfg.diffusion.distributions[variant.distribution])
-
-    def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
-        model = TrainedModel(ema_model, schedule, noise, codec, variant.distribution, cfg.to_dict())
-        device = next(ema_model.parameters()).device
-        generated = model.generate(len(reference), seed=cfg.seed + step, device=str(device), progress=False)
-        metrics = sample_metrics(cfg, codec.kind, generated, reference)
-        return {f"curve_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-    return evaluate_now
 
 
 def evaluate(cfg: Config, variant: Variant) -> dict:
     """Sample ``eval.num_samples`` from the trained model; write its metrics JSON, grids, plots and samples."""
     variant = cfg.variant(variant.distribution, variant.transform)
-    out = stage_dir(cfg, variant)
+    out = eval_dir(cfg, variant)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml", settings_only=True)
     model = load_trained(train_dir(cfg, variant))
     kind = model.codec.kind
     n = cfg.eval.num_samples
     generated, latents = model.generate(n, seed=cfg.seed, device=cfg.train.device, return_latents=True)
-    data_manifest = load_manifest(cfg.work / "data")
+    data_manifest = load_manifest(data_dir(cfg))
     if kind == "image":
-        reference = _subset(load_split(cfg.work / "data", "train").values, n, cfg.seed)
-        cache = cfg.work / "eval" / f"fid-reference-{data_manifest['content_hash'][:16]}-{len(reference)}.npz"
+        reference = subset(load_split(data_dir(cfg), "train").values, n, cfg.seed)
+        cache = fid_reference_file(cfg, data_manifest["content_hash"], len(reference))
         metrics = sample_metrics(cfg, kind, generated, reference, cache)
         save_image_grid(generated[: cfg.eval.grid_size], out / "samples.png")
     else:
-        held_out = load_split(cfg.work / "data", "val").values
-        train = load_split(cfg.work / "data", "train").values
+        held_out = load_split(data_dir(cfg), "val").values
+        train = load_split(data_dir(cfg), "train").values
         metrics = array_metrics_with_floor(generated, held_out, train, cfg.seed)
         names = data_manifest.get("feature_names") or [f"x{i}" for i in range(generated.shape[1])]
         plot_histograms({variant.label: generated}, held_out, names, out / "histograms.png")
@@ -154,5 +57,5 @@ def evaluate(cfg: Config, variant: Variant) -> dict:
               "num_samples": n, "sampler": cfg.sample.sampler,
               "sampling_steps": cfg.sample.steps, **metrics, "champion_metric": chosen,
               "champion_score": float(metrics[chosen]), "latent_std": float(latents.std())}
-    write_json(metrics_path(cfg, variant), record)
+    write_json(eval_metrics_file(cfg, variant), record)
     return record

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tasks.config import Config, ConfigError, DataConfig
 from tasks.data import MANIFEST, content_hash, shard_name, to_table
 from tasks.io import atomic_save_with, write_json
+from tasks.paths import data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -54,7 +55,7 @@ def ingest(cfg: Config) -> dict:
     for key, value in (("data.shard_rows", data.shard_rows), ("data.limit", data.limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
-    out = cfg.work / "data"
+    out = data_dir(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(".data-*.tmp"):  # left by an ingest that was killed outright
         shutil.rmtree(stale, ignore_errors=True)

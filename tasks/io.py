@@ -4,24 +4,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Write through ``write(tmp_path)`` to a temp file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # mode 0o666 filtered by the process umask, like any other new file (mkstemp would make it 0600)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -88,3 +84,30 @@ def load_checkpoint(path: str | Path, what: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise ValueError(f"{what} checkpoint {path} is unreadable ({type(err).__name__}); delete it and rerun") from None
+
+
+class Resumable:
+    """A training run's state, saved atomically every few steps and restored after a kill when the run's
+    ``fingerprint`` (its data and settings) still matches and the saved step is within the run's length.
+
+    ``stateful`` objects (modules, optimizers, LR schedulers) are saved and restored through their state dicts;
+    anything else (generator states, histories) goes through ``save``'s keywords and ``restore``'s result.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str, what: str, **stateful: Any) -> None:
+        self.path, self.fingerprint, self.what, self.stateful = Path(path), fingerprint, what, stateful
+
+    def restore(self, max_step: int) -> dict | None:
+        """The saved extras (with ``step``) after loading every stateful object, or None to start afresh."""
+        if not self.path.exists():
+            return None
+        state = load_checkpoint(self.path, f"{self.what} training")
+        if state.get("fingerprint") != self.fingerprint or state["step"] > max_step:
+            return None
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        return state
+
+    def save(self, step: int, **extras: Any) -> None:
+        state = {name: obj.state_dict() for name, obj in self.stateful.items()}
+        atomic_torch_save({**state, **extras, "step": step, "fingerprint": self.fingerprint}, self.path)

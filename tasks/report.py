@@ -14,9 +14,8 @@ import numpy as np
 
 from .config import Config, Variant
 from .data import load_manifest, load_split
-from .evaluate import metrics_path
-from .evaluate import stage_dir as eval_dir
 from .io import atomic_write_text, read_json, write_json
+from .paths import data_dir, eval_dir, eval_metrics_file, report_dir
 from .visuals import plot_grids_side_by_side, plot_histograms, plot_scores
 
 # What the table shows per data kind, lower is better for all; floors exist for array metrics.
@@ -24,14 +23,10 @@ COLUMNS = {"image": ("fid", "kid", "swd_mean"),
            "array": ("frac_non_positive", "wasserstein", "log_wasserstein", "correlation_distance")}
 
 
-def stage_dir(cfg: Config) -> Path:
-    return cfg.work / "report"
-
-
 def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
     found, missing = {}, []
     for variant in cfg.variants():
-        path = metrics_path(cfg, variant)
+        path = eval_metrics_file(cfg, variant)
         if path.exists():
             found[variant] = read_json(path)
         else:
@@ -116,8 +111,9 @@ def write_report(cfg: Config) -> dict:
     """Write the comparison of every evaluated model; returns the winners and the table."""
     rows, missing = _collect(cfg)
     if not rows:
-        raise FileNotFoundError(f"no evaluated models under {cfg.work / 'eval'}; run the evaluate stages first")
-    out = stage_dir(cfg)
+        raise FileNotFoundError(f"no evaluated models under {eval_metrics_file(cfg, cfg.variants()[0]).parent}; "
+                                "run the evaluate stages first")
+    out = report_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(rows.values()))
     kind, metric = first["kind"], first["champion_metric"]
@@ -133,8 +129,8 @@ def write_report(cfg: Config) -> dict:
         best_per_transform = {best.label: np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",", skiprows=1,
                                                      ndmin=2)
                               for subset in _by_transform(rows).values() if (best := _best(subset, metric))}
-        held_out = load_split(cfg.work / "data", "val").values
-        names = load_manifest(cfg.work / "data").get("feature_names") or []
+        held_out = load_split(data_dir(cfg), "val").values
+        names = load_manifest(data_dir(cfg)).get("feature_names") or []
         pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
     summary = {"champion_metric": metric, "best": winners.get(metric), "winners": winners,
                "missing": [v.name for v in missing],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,3 +24,7 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+StepCallback = Callable[[int, dict], None]
+"""Called as ``callback(step, metrics)`` by training loops, from whichever process trains."""

@@ -13,22 +13,18 @@ from tqdm.auto import tqdm
 from logdiff_core import noise as noise_lib
 from logdiff_core import samplers
 from logdiff_core.diffusion import EpsPreconditioner
-from logdiff_core.networks import build_denoiser
+from logdiff_core.networks import SHARED_CONFIG_KEYS, build_denoiser
 from logdiff_core.schedules import Schedule
 
 from .codec import Codec
 from .io import load_checkpoint
 from .runtime import resolve_device
 
-NETWORK_KEYS = ("base_channels", "channel_mults", "attention_resolution", "num_heads", "siren", "dropout",
-                "hidden", "layers")
-SCHEDULE_KEYS = ("schedule", "timesteps", "beta_start", "beta_end", "power")
-
 
 def network_spec(config: dict, latent_shape: tuple) -> dict:
     network = config["network"]
     return {"kind": network["kind"], "data_shape": list(latent_shape),
-            "kwargs": {k: network[k] for k in NETWORK_KEYS}}
+            "kwargs": {k: network[k] for k in sorted(SHARED_CONFIG_KEYS)}}
 
 
 def schedule_from(config: dict) -> Schedule:

@@ -23,21 +23,17 @@ from tqdm.auto import tqdm
 
 from logdiff_core import noise as noise_lib
 from logdiff_core.diffusion import training_loss
+from logdiff_core.networks import count_parameters
 
+from .codec import latents_manifest, load_codec, load_latents
 from .config import Config, Variant, dump
 from .data import load_manifest
-from .encode import latents_manifest, load_codec, load_latents
-from .encode import stage_dir as latents_dir
-from .io import atomic_torch_save, atomic_write_text, fingerprint, load_checkpoint, sha256_file, write_json
-from .runtime import resolve_device, seed_everything
+from .io import Resumable, atomic_torch_save, atomic_write_text, fingerprint, sha256_file, write_json
+from .paths import data_dir, latents_dir, train_dir
+from .runtime import StepCallback, resolve_device, seed_everything
 from .sample import build_network, model_bundle, network_spec, schedule_from
 
-StepCallback = Callable[[int, dict], None]
 Evaluator = Callable[[nn.Module, int], dict]
-
-
-def stage_dir(cfg: Config, variant: Variant) -> Path:
-    return cfg.work / "train" / variant.name
 
 
 def model_settings(cfg: Config, variant: Variant) -> dict:
@@ -96,7 +92,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    out = stage_dir(cfg, variant)
+    out = train_dir(cfg, variant)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml", settings_only=True)
@@ -120,16 +116,12 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     warmup = lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
 
-    run_fingerprint = training_fingerprint(cfg, variant)
-    checkpoint_path = out / "checkpoint.pt"
+    checkpoint = Resumable(out / "checkpoint.pt", training_fingerprint(cfg, variant), variant.name, model=model,
+                           ema=ema.model, opt=opt, lr_schedule=lr_schedule)
     start, history, curve = 0, [], []
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, f"{variant.name} training")
-        if state.get("fingerprint") == run_fingerprint and state["step"] <= tc.steps:
-            model.load_state_dict(state["model"]), ema.model.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"]), lr_schedule.load_state_dict(state["lr_schedule"])
-            gen.set_state(state["generator"][rank % len(state["generator"])].to(gen.get_state().device))
-            start, history, curve = state["step"], state["history"], state["curve"]
+    if state := checkpoint.restore(tc.steps):
+        gen.set_state(state["generator"][rank % len(state["generator"])].to(gen.get_state().device))
+        start, history, curve = state["step"], state["history"], state["curve"]
 
     def save_checkpoint(step: int) -> None:
         generator_states = [gen.get_state().cpu()]
@@ -137,10 +129,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
             generator_states = [torch.empty_like(generator_states[0]) for _ in range(world)]
             dist.all_gather_object(generator_states, gen.get_state().cpu())
         if rank == 0:
-            atomic_torch_save({"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
-                               "lr_schedule": lr_schedule.state_dict(), "generator": generator_states,
-                               "step": step, "fingerprint": run_fingerprint, "history": history, "curve": curve},
-                              checkpoint_path)
+            checkpoint.save(step, generator=generator_states, history=history, curve=curve)
 
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     if tc.compile and cuda:  # on CPU, inductor's C++ compile costs minutes and small models gain nothing
@@ -195,7 +184,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         curve.append({"step": tc.steps, **evaluator(ema.model, tc.steps)})
     bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
                           model_settings(cfg, variant),
-                          load_manifest(cfg.work / "data").get("feature_names"))
+                          load_manifest(data_dir(cfg)).get("feature_names"))
     atomic_torch_save(bundle, out / "model.pt")
     _write_history(history, out / "history.csv")
     _write_history(curve, out / "curve.csv")  # written even when empty: DVC declares it as a plot
@@ -204,7 +193,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
               "steps": tc.steps, "resumed_from": start,
               "final_loss": history[-1]["loss"] if history else None, "seconds": seconds,
               "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None,
-              "parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "world_size": world,
-              "fingerprint": run_fingerprint}
+              "parameters": count_parameters(model), "device": str(device), "world_size": world,
+              "fingerprint": checkpoint.fingerprint}
     write_json(out / "record.json", record)
     return record

@@ -6,13 +6,15 @@ import torch
 from tasks import config
 from tasks.config import Variant
 from tasks.autoencoder import train_autoencoder
-from tasks.encode import encode_latents, load_latents
-from tasks.evaluate import evaluate, metrics_path
+from tasks.codec import load_latents
+from tasks.encode import encode_latents
+from tasks.evaluate import evaluate
+from tasks.paths import eval_metrics_file, train_dir
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.sample import load_trained
 from tasks.report import write_report
-from tasks.train import stage_dir, train_diffusion
+from tasks.train import train_diffusion
 
 TINY = [
     "data.limit=300", "autoencoder.steps=20", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
@@ -51,7 +53,7 @@ def test_autoencoder_and_encoding(encoded):
 def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
     cfg, _, _ = encoded
     train_diffusion(cfg, IDENTITY["laplace"], progress=False)
-    reference = torch.load(stage_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
+    reference = torch.load(train_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
 
     class Killed(Exception):
         pass
@@ -61,14 +63,14 @@ def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
             raise Killed
 
     # a second, interrupted run in a fresh stage folder: resume must reproduce the uninterrupted weights exactly
-    (stage_dir(cfg, IDENTITY["laplace"]) / "checkpoint.pt").unlink()
-    (stage_dir(cfg, IDENTITY["laplace"]) / "model.pt").unlink()
+    (train_dir(cfg, IDENTITY["laplace"]) / "checkpoint.pt").unlink()
+    (train_dir(cfg, IDENTITY["laplace"]) / "model.pt").unlink()
     with pytest.raises(Killed):
         train_diffusion(cfg, IDENTITY["laplace"], callback=kill_at_step_20, progress=False)
-    assert not (stage_dir(cfg, IDENTITY["laplace"]) / "model.pt").exists()
+    assert not (train_dir(cfg, IDENTITY["laplace"]) / "model.pt").exists()
     record = train_diffusion(cfg, IDENTITY["laplace"], progress=False)
     assert record["resumed_from"] == 10  # the kill came before the step-20 checkpoint
-    resumed = torch.load(stage_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
+    resumed = torch.load(train_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
@@ -83,15 +85,15 @@ def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
     cfg, _, _ = encoded
     record = train_diffusion(cfg, IDENTITY["gaussian"], progress=False)
     assert record["steps"] == 30 and np.isfinite(record["final_loss"])
-    history = (stage_dir(cfg, IDENTITY["gaussian"]) / "history.csv").read_text().splitlines()
+    history = (train_dir(cfg, IDENTITY["gaussian"]) / "history.csv").read_text().splitlines()
     assert history[0].startswith("step,") and len(history) == 4
     result = evaluate(cfg, IDENTITY["gaussian"])
-    assert result == read_json(metrics_path(cfg, IDENTITY["gaussian"]))
+    assert result == read_json(eval_metrics_file(cfg, IDENTITY["gaussian"]))
     assert result["champion_metric"] == "swd_mean" and result["champion_score"] > 0
     assert result["num_samples"] == 48
     for name in ("samples.png", "trajectories.png"):
         assert (cfg.work / "eval" / "gaussian-identity" / name).stat().st_size > 0
-    model = load_trained(stage_dir(cfg, IDENTITY["gaussian"]))
+    model = load_trained(train_dir(cfg, IDENTITY["gaussian"]))
     images = model.generate(5, steps=4, progress=False)
     assert images.dtype == np.uint8 and images.shape == (5, 1, 8, 8)
 
@@ -144,7 +146,7 @@ def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
     assert log["frac_non_positive"] == 0.0 and log["champion_metric"] == "wasserstein"
     # the floor (142 training rows vs the 36 held-out) and the model are scored at the same sample size
     assert log["metric_sample_size"] == 142 and 0 <= log["floor_wasserstein"] < log["wasserstein"]
-    samples = load_trained(stage_dir(cfg, Variant("student_t", "log"))).generate(300, steps=3, progress=False)
+    samples = load_trained(train_dir(cfg, Variant("student_t", "log"))).generate(300, steps=3, progress=False)
     assert samples.shape == (300, 13) and (samples > 0).all()
     header = (cfg.work / "eval" / "student_t-log" / "samples.csv").read_text().splitlines()[0]
     assert header.startswith("alcohol,malic_acid")
