@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="draw samples from a registered or local model")
     sample.add_argument("--model", required=True,
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model.pt path / train folder")
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model.safetensors path / train folder")
     sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("-o", "--output", default="samples.png",
                         help="output: .png grid for images; .csv or .parquet for array data")

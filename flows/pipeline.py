@@ -27,7 +27,7 @@ from flows import tracking
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config
 from tasks.config import Config, Variant
-from tasks.paths import data_dir, eval_metrics_file, report_dir, train_dir
+from tasks.paths import MODEL_FILE, data_dir, eval_metrics_file, report_dir, train_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dic
     from tasks.io import read_json
 
     metrics = read_json(eval_metrics_file(cfg, variant))
-    registered = tracking.register_model(train_dir(cfg, variant) / "model.pt", dataset=dataset_name(cfg),
+    registered = tracking.register_model(train_dir(cfg, variant) / MODEL_FILE, dataset=dataset_name(cfg),
                                          variant=variant, run_id=run_id, score=metrics["champion_score"],
                                          metric=metrics["champion_metric"], tags=tags)
     return {**registered, "metric": metrics["champion_metric"]}

@@ -1,4 +1,4 @@
-"""``logdiff sample``: a registered model (``models:/NAME@ALIAS``) or a local ``model.pt`` -> a file of samples."""
+"""``logdiff sample``: a registered model (``models:/NAME@ALIAS``) or a local model file -> a file of samples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +17,7 @@ def load_any(model: str, project_dir: str | Path = "."):
 
         return tracking.load_registered(model, project_dir)
     if not Path(model).exists():
-        raise FileNotFoundError(f"--model {model}: no such file; give models:/NAME@ALIAS or a model.pt path")
+        raise FileNotFoundError(f"--model {model}: no such file; give models:/NAME@ALIAS or a model.safetensors path")
     return load_trained(model)
 
 

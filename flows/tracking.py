@@ -6,7 +6,9 @@ so stages can log from threads, Ray workers or other processes given only the tr
 
 Registry: one registered model ``ngldm-<dataset>-<label>`` per model, the label being the noise distribution,
 suffixed with the transform unless it is identity (``ngldm-wine-laplace-log``). Each version is a pyfunc
-``NGLDMSampler`` wrapping the train stage's ``model.pt``; the alias ``champion`` moves only to a better (lower) score.
+``NGLDMSampler`` over the train stage's model file, loaded through this module's ``_load_pyfunc`` (MLflow's
+``loader_module`` hook), so no registered model is ever unpickled; the alias ``champion`` moves only to a better
+(lower) score.
 """
 from __future__ import annotations
 
@@ -41,8 +43,6 @@ from tasks.io import sha256_file  # noqa: E402
 from tasks.sample import TrainedModel, load_trained  # noqa: E402
 
 log = logging.getLogger(__name__)
-# A python_model object is cloudpickled by design (its class is importable from this module): drop the per-log notice.
-logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "CloudPickle" not in record.getMessage())
 
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -192,8 +192,8 @@ def log_stage_outputs(run_id: str, metrics: dict, artifacts: Iterable[str | Path
         client.log_artifact(run_id, str(path))
 
 
-class NGLDMSampler(mlflow.pyfunc.PythonModel):
-    """A LogDiff ``model.pt`` as an MLflow pyfunc model.
+class NGLDMSampler:
+    """A LogDiff model file as an MLflow pyfunc model.
 
     Input: a DataFrame, one request per row: ``n`` (samples to draw) and optional ``seed`` (default 0),
     ``sampler`` and ``steps`` (default: the model's config). Output: the samples of all rows in row order, as a
@@ -201,10 +201,10 @@ class NGLDMSampler(mlflow.pyfunc.PythonModel):
     [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
     """
 
-    def load_context(self, context) -> None:
-        self.trained = load_trained(context.artifacts["model"])
+    def __init__(self, trained: TrainedModel) -> None:
+        self.trained = trained
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return pd.concat([self._frame(self._generate(row)) for row in model_input.to_dict("records")],
                          ignore_index=True)
 
@@ -217,6 +217,11 @@ class NGLDMSampler(mlflow.pyfunc.PythonModel):
         if self.trained.codec.kind == "image":
             return pd.DataFrame({"image": list(samples)})
         return pd.DataFrame(samples, columns=[f"x{i}" for i in range(samples.shape[1])])
+
+
+def _load_pyfunc(data_path: str) -> NGLDMSampler:
+    """MLflow's ``loader_module`` hook: the logged model file (safetensors, never unpickled) as a sampler."""
+    return NGLDMSampler(load_trained(data_path))
 
 
 def registered_name(dataset: str, variant: Variant) -> str:
@@ -234,8 +239,8 @@ def _log_and_register(client: MlflowClient, model_path: Path, name: str, run_id:
     # default experiment (and a ./mlruns folder) instead of the run's experiment.
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     # Model.log rather than pyfunc.log_model: only it takes a run_id (artifact_path: deprecated, without default).
-    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, python_model=NGLDMSampler(),
-                     artifacts={"model": str(model_path)}, signature=ModelSignature(inputs=INPUT_SCHEMA),
+    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, loader_module=__name__,
+                     data_path=str(model_path), signature=ModelSignature(inputs=INPUT_SCHEMA),
                      input_example=INPUT_EXAMPLE, pip_requirements=PIP_REQUIREMENTS, run_id=run_id,
                      model_id=logged.model_id)
     return mlflow.register_model(info.model_uri, name, tags=tags)
@@ -259,7 +264,7 @@ def _promote_if_better(client: MlflowClient, name: str, version: ModelVersion) -
 
 def register_model(model_path: str | Path, *, dataset: str, variant: Variant, run_id: str, score: float,
                    metric: str, tags: dict) -> dict:
-    """Register ``model.pt`` (logged as a pyfunc in run ``run_id``) as a new version of
+    """Register a model file (logged as a pyfunc in run ``run_id``) as a new version of
     ``ngldm-<dataset>-<label>``, tagged with its sha256, score and lineage ``tags``.
 
     A file already registered (same sha256) returns its existing version, so reruns are idempotent. ``champion``
@@ -309,14 +314,18 @@ def load_registered(uri: str, project_dir: str | Path | None = None) -> TrainedM
     if uri.startswith("models:/"):
         _check_registry_uri(MlflowClient(), uri)
     try:
-        # suppress_warnings: skips a requirements check that scans every installed package (seconds)
-        model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
-    except MlflowException as err:
-        raise ValueError(f"cannot load {uri}: {err.message.splitlines()[0]}") from None
-    sampler = model.unwrap_python_model()
-    if not isinstance(sampler, NGLDMSampler):
-        raise ValueError(f"{uri} is a {type(sampler).__name__} model, not a LogDiff NGLDMSampler")
-    return sampler.trained
+        # the MLmodel description first: what would load the model, before anything of it is loaded
+        description = Model.load(uri)
+    except (MlflowException, OSError) as err:
+        message = err.message if isinstance(err, MlflowException) else str(err)
+        raise ValueError(f"cannot load {uri}: {message.splitlines()[0]}") from None
+    pyfunc = description.flavors.get("python_function", {})
+    if pyfunc.get("loader_module") != __name__ or "data" not in pyfunc:
+        found = "a pickled python_model" if "python_model" in pyfunc else pyfunc.get("loader_module") or "none"
+        raise ValueError(f"{uri} is not a LogDiff model (it loads through {found}, not {__name__}); "
+                         "refusing to load it")
+    local = mlflow.artifacts.download_artifacts(f"{uri.rstrip('/')}/{pyfunc['data']}")
+    return load_trained(local)
 
 
 def ui_command(project_dir: str | Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -22,7 +22,7 @@ from logdiff_core.networks import count_parameters
 
 from .config import Config, dump
 from .data import float_to_images, images_to_float, load_split
-from .io import Resumable, atomic_torch_save, fingerprint, write_json
+from .io import Resumable, fingerprint, save_safetensors, write_json
 from .paths import autoencoder_dir, data_dir
 from .runtime import StepCallback, resolve_device, seed_everything
 from .scoring import image_fid
@@ -59,12 +59,12 @@ def reconstruction_report(cfg: Config, model: ConvAutoencoder, originals: np.nda
 
 
 def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict:
-    """Train (or resume) the autoencoder on the ingested train split; write ``model.pt`` and ``record.json``."""
+    """Train (or resume) the autoencoder on the ingested train split; write ``model.safetensors``, ``record.json``."""
     out = autoencoder_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml", settings_only=True)
-    if cfg.autoencoder.kind == "none":  # model.pt still marks the stage's output, for DVC and codec.load_autoencoder
-        atomic_torch_save({"kind": "none"}, out / "model.pt")
+    if cfg.autoencoder.kind == "none":  # the model file still marks the stage's output, for DVC and the codec
+        save_safetensors(out / "model.safetensors", {}, {"kind": "none"})
         return write_record(out, {"kind": "none"})
     train = load_split(data_dir(cfg), "train")
     if train.kind != "image":
@@ -122,7 +122,7 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     checkpoint.save(ae_cfg.steps, generator=gen.get_state())
 
     report = reconstruction_report(cfg, model, val.values, device)
-    atomic_torch_save({"kind": "conv", "init": model.init_args, "state": model.state_dict()}, out / "model.pt")
+    save_safetensors(out / "model.safetensors", model.state_dict(), {"kind": "conv", "init": model.init_args})
     return write_record(out, {"kind": "conv", "steps": ae_cfg.steps, "seconds": seconds,
                               "images_per_s": trained * ae_cfg.batch_size / seconds if trained else None,
                               "parameters": count_parameters(model), **report})

@@ -17,7 +17,7 @@ from logdiff_core.autoencoder import ConvAutoencoder
 
 from .config import Config
 from .data import float_to_images, images_to_float
-from .io import load_checkpoint, read_json
+from .io import load_safetensors, read_json, under_prefix, with_prefix
 from .paths import autoencoder_dir, latents_dir
 
 
@@ -56,37 +56,43 @@ class Codec:
             return float_to_images(x)
         return self.transform.inverse(x.double().cpu()).numpy()
 
-    def state_dict(self) -> dict:
+    def to_safe(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON-able settings) for ``io.save_safetensors``."""
+        transform_state = self.transform.state_dict()
+        tensors = {"shift": self.shift, "scale": self.scale,
+                   **with_prefix("transform.", {k: v for k, v in transform_state.items() if torch.is_tensor(v)})}
         ae = self.autoencoder
-        return {
-            "kind": self.kind, "transform": self.transform.state_dict(), "shift": self.shift, "scale": self.scale,
-            "latent_shape": list(self.latent_shape),
-            "autoencoder": None if ae is None else {"init": ae.init_args, "state": ae.state_dict()},
-        }
+        if ae is not None:
+            tensors.update(with_prefix("autoencoder.", ae.state_dict()))
+        settings = {"kind": self.kind, "latent_shape": list(self.latent_shape),
+                    "transform": {k: v for k, v in transform_state.items() if not torch.is_tensor(v)},
+                    "autoencoder": None if ae is None else ae.init_args}
+        return tensors, settings
 
     @classmethod
-    def from_state(cls, state: dict) -> "Codec":
+    def from_safe(cls, tensors: dict[str, torch.Tensor], settings: dict) -> "Codec":
         ae = None
-        if state["autoencoder"] is not None:
-            ae = ConvAutoencoder(**state["autoencoder"]["init"])
-            ae.load_state_dict(state["autoencoder"]["state"])
+        if settings["autoencoder"] is not None:
+            ae = ConvAutoencoder(**settings["autoencoder"])
+            ae.load_state_dict(under_prefix("autoencoder.", tensors))
             ae.eval()
-        return cls(state["kind"], transforms.from_state(state["transform"]), ae, state["shift"], state["scale"],
-                   tuple(state["latent_shape"]))
+        transform = transforms.from_state({**settings["transform"], **under_prefix("transform.", tensors)})
+        return cls(settings["kind"], transform, ae, tensors["shift"], tensors["scale"],
+                   tuple(settings["latent_shape"]))
 
 
 def load_autoencoder(cfg: Config) -> ConvAutoencoder | None:
     """The autoencoder stage's model, or None when the preset diffuses the data directly."""
-    state = load_checkpoint(autoencoder_dir(cfg) / "model.pt", "autoencoder")
-    if state["kind"] == "none":
+    tensors, settings = load_safetensors(autoencoder_dir(cfg) / "model.safetensors", "autoencoder")
+    if settings["kind"] == "none":
         return None
-    model = ConvAutoencoder(**state["init"])
-    model.load_state_dict(state["state"])
+    model = ConvAutoencoder(**settings["init"])
+    model.load_state_dict(tensors)
     return model.eval()
 
 
 def load_codec(cfg: Config, transform: str) -> Codec:
-    return Codec.from_state(load_checkpoint(latents_dir(cfg, transform) / "codec.pt", "codec"))
+    return Codec.from_safe(*load_safetensors(latents_dir(cfg, transform) / "codec.safetensors", "codec"))
 
 
 def load_latents(cfg: Config, transform: str, split: str) -> torch.Tensor:

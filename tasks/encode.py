@@ -2,7 +2,7 @@
 
 Latents are scaled by 1/std as latent diffusion does; array data is standardised per feature after its
 transform (identity or LogDiff's log). One folder per transform, ``latents/<transform>/``, holding ``train.npy``,
-``val.npy``, ``codec.pt`` and ``manifest.json``.
+``val.npy``, ``codec.safetensors`` and ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from logdiff_core import transforms
 from .codec import Codec, load_autoencoder
 from .config import Config
 from .data import load_split
-from .io import atomic_save_numpy, atomic_torch_save, write_json
+from .io import atomic_save_numpy, save_safetensors, write_json
 from .paths import data_dir, latents_dir
 from .runtime import resolve_device
 
@@ -44,7 +44,7 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
     latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
     for split, values in latents.items():
         atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
-    atomic_torch_save(codec.state_dict(), out / "codec.pt")
+    save_safetensors(out / "codec.safetensors", *codec.to_safe())
     manifest = {"kind": train.kind, "latent_shape": list(codec.latent_shape),
                 "counts": {k: len(v) for k, v in latents.items()}, "transform": transform.name,
                 "autoencoder": cfg.autoencoder.kind, "scale_factor": float(codec.scale.mean()),

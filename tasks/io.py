@@ -1,4 +1,9 @@
-"""Atomic file writes and the small JSON records every stage leaves beside its outputs."""
+"""Atomic file writes, the small JSON records every stage leaves beside its outputs, and safe model files.
+
+Model files (the autoencoder, the codec, every trained model) are safetensors with their settings as JSON in the
+header: loading one never unpickles anything, so a file from a shared registry cannot run code. Training
+checkpoints, which never leave the project, are torch files loaded with ``weights_only=True`` for the same reason.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -76,14 +81,53 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def load_checkpoint(path: str | Path, what: str) -> dict:
-    """torch.load with a one-line error naming the file and the stage that makes it."""
+    """torch.load of tensors and plain containers only, with a one-line error naming the file and its stage."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} checkpoint {path} not found; run the stage that writes it first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{what} checkpoint {path} is unreadable ({type(err).__name__}); delete it and rerun") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file, or one carrying pickled objects
+        raise ValueError(f"{what} checkpoint {path} is unreadable or unsafe ({type(err).__name__}); "
+                         "delete it and rerun") from None
+
+
+_METADATA_KEY = "logdiff"
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], settings: dict) -> Path:
+    """``tensors`` as safetensors, with ``settings`` (JSON-able) in the header; atomic and byte-reproducible."""
+    from safetensors.torch import save
+
+    blob = save({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
+                metadata={_METADATA_KEY: json.dumps(settings, sort_keys=True, default=str)})
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
+def load_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, settings) of a file written by ``save_safetensors``; anything else is a one-line ValueError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; run the stage that writes it first")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            settings = json.loads((file.metadata() or {})[_METADATA_KEY])
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except Exception:  # truncated, foreign, or a pickle (which is never loaded)
+        raise ValueError(f"{path} is not a LogDiff {what} file (safetensors with LogDiff settings); nothing in it "
+                         "was loaded. Rerun the stage that writes it") from None
+    return tensors, settings
+
+
+def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{name}": tensor for name, tensor in tensors.items()}
+
+
+def under_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix...``, with the prefix removed."""
+    return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
 class Resumable:

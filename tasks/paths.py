@@ -17,12 +17,15 @@ def autoencoder_dir(cfg: Config) -> Path:
 
 
 def latents_dir(cfg: Config, transform: str) -> Path:
-    """``train.npy``, ``val.npy``, ``codec.pt`` and ``manifest.json`` for one data transform."""
+    """``train.npy``, ``val.npy``, ``codec.safetensors`` and ``manifest.json`` for one data transform."""
     return cfg.work / "latents" / transform
 
 
 def train_dir(cfg: Config, variant: Variant) -> Path:
     return cfg.work / "train" / variant.name
+
+
+MODEL_FILE = "model.safetensors"  # a trained model, in every stage folder that holds one
 
 
 def eval_dir(cfg: Config, variant: Variant) -> Path:

@@ -1,4 +1,5 @@
-"""A trained model as one file (``model.pt``): EMA denoiser + schedule + noise + codec; load it and sample."""
+"""A trained model as one safe file (``model.safetensors``): EMA denoiser + schedule + noise + codec, the settings
+as JSON in the file's header, nothing pickled. Load it and sample."""
 from __future__ import annotations
 
 import math
@@ -17,7 +18,8 @@ from logdiff_core.networks import SHARED_CONFIG_KEYS, build_denoiser
 from logdiff_core.schedules import Schedule
 
 from .codec import Codec
-from .io import load_checkpoint
+from .io import load_safetensors, save_safetensors, under_prefix, with_prefix
+from .paths import MODEL_FILE
 from .runtime import resolve_device
 
 
@@ -78,25 +80,31 @@ class TrainedModel:
         return (data, torch.cat(latents)) if return_latents else data
 
 
-def model_bundle(denoiser: nn.Module, spec: dict, distribution: str, params: dict, codec: Codec, config: dict,
-                 feature_names: list[str] | None = None) -> dict:
-    return {"format": "logdiff-model/1", "network": spec, "state": denoiser.state_dict(),
-            "distribution": distribution, "noise_params": params, "codec": codec.state_dict(), "config": config,
-            "feature_names": feature_names}
+MODEL_FORMAT = "logdiff-model/2"
+
+
+def save_model(path: str | Path, denoiser: nn.Module, spec: dict, distribution: str, params: dict, codec: Codec,
+               config: dict, feature_names: list[str] | None = None) -> Path:
+    """Write a trained model: the denoiser's and the codec's tensors, and everything else as JSON settings."""
+    codec_tensors, codec_settings = codec.to_safe()
+    tensors = {**with_prefix("denoiser.", denoiser.state_dict()), **with_prefix("codec.", codec_tensors)}
+    settings = {"format": MODEL_FORMAT, "network": spec, "distribution": distribution, "noise_params": params,
+                "codec": codec_settings, "config": config, "feature_names": feature_names}
+    return save_safetensors(path, tensors, settings)
 
 
 def load_trained(path: str | Path) -> TrainedModel:
-    """Load ``model.pt`` (or the folder holding it) written by the train stage."""
+    """Load a model written by the train stage (the file, or the folder holding ``model.safetensors``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.pt"
-    bundle = load_checkpoint(path, "diffusion model")
-    if bundle.get("format") != "logdiff-model/1":
-        raise ValueError(f"{path} is not a LogDiff model file (expected format logdiff-model/1)")
-    schedule = schedule_from(bundle["config"])
-    denoiser = build_network(bundle["network"], schedule)
-    denoiser.load_state_dict(bundle["state"])
+        path = path / MODEL_FILE
+    tensors, settings = load_safetensors(path, "diffusion model")
+    if settings.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a LogDiff model file (expected format {MODEL_FORMAT})")
+    schedule = schedule_from(settings["config"])
+    denoiser = build_network(settings["network"], schedule)
+    denoiser.load_state_dict(under_prefix("denoiser.", tensors))
     return TrainedModel(denoiser.eval(), schedule,
-                        noise_lib.get(bundle["distribution"], **bundle["noise_params"]),
-                        Codec.from_state(bundle["codec"]), bundle["distribution"], bundle["config"],
-                        bundle.get("feature_names"))
+                        noise_lib.get(settings["distribution"], **settings["noise_params"]),
+                        Codec.from_safe(under_prefix("codec.", tensors), settings["codec"]),
+                        settings["distribution"], settings["config"], settings.get("feature_names"))

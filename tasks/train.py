@@ -28,10 +28,10 @@ from logdiff_core.networks import count_parameters
 from .codec import latents_manifest, load_codec, load_latents
 from .config import Config, Variant, dump
 from .data import load_manifest
-from .io import Resumable, atomic_torch_save, atomic_write_text, fingerprint, sha256_file, write_json
-from .paths import data_dir, latents_dir, train_dir
+from .io import Resumable, atomic_write_text, fingerprint, sha256_file, write_json
+from .paths import MODEL_FILE, data_dir, latents_dir, train_dir
 from .runtime import StepCallback, resolve_device, seed_everything
-from .sample import build_network, model_bundle, network_spec, schedule_from
+from .sample import build_network, network_spec, save_model, schedule_from
 
 Evaluator = Callable[[nn.Module, int], dict]
 
@@ -79,7 +79,7 @@ def _write_history(rows: list[dict], path: Path) -> None:
 
 def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None = None,
                     evaluator: Evaluator | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the denoiser for ``variant``; write ``model.pt``, ``history.csv``, ``record.json``."""
+    """Train (or resume) the denoiser for ``variant``; write its model file, ``history.csv``, ``record.json``."""
     variant = cfg.variant(variant.distribution, variant.transform)  # a configured one, or a clear error
     distribution = variant.distribution
     params = cfg.diffusion.distributions[distribution]
@@ -182,10 +182,8 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         return {}
     if curve and curve[-1]["step"] != tc.steps and evaluator:
         curve.append({"step": tc.steps, **evaluator(ema.model, tc.steps)})
-    bundle = model_bundle(ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
-                          model_settings(cfg, variant),
-                          load_manifest(data_dir(cfg)).get("feature_names"))
-    atomic_torch_save(bundle, out / "model.pt")
+    save_model(out / MODEL_FILE, ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
+               model_settings(cfg, variant), load_manifest(data_dir(cfg)).get("feature_names"))
     _write_history(history, out / "history.csv")
     _write_history(curve, out / "curve.csv")  # written even when empty: DVC declares it as a plot
     trained_steps = tc.steps - start

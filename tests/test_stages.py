@@ -9,7 +9,8 @@ from tasks.autoencoder import train_autoencoder
 from tasks.codec import load_latents
 from tasks.encode import encode_latents
 from tasks.evaluate import evaluate
-from tasks.paths import eval_metrics_file, train_dir
+from tasks.io import load_safetensors
+from tasks.paths import MODEL_FILE, eval_metrics_file, train_dir
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.sample import load_trained
@@ -53,7 +54,7 @@ def test_autoencoder_and_encoding(encoded):
 def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
     cfg, _, _ = encoded
     train_diffusion(cfg, IDENTITY["laplace"], progress=False)
-    reference = torch.load(train_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
+    reference = load_safetensors(train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE, "model")[0]
 
     class Killed(Exception):
         pass
@@ -64,13 +65,13 @@ def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
 
     # a second, interrupted run in a fresh stage folder: resume must reproduce the uninterrupted weights exactly
     (train_dir(cfg, IDENTITY["laplace"]) / "checkpoint.pt").unlink()
-    (train_dir(cfg, IDENTITY["laplace"]) / "model.pt").unlink()
+    (train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE).unlink()
     with pytest.raises(Killed):
         train_diffusion(cfg, IDENTITY["laplace"], callback=kill_at_step_20, progress=False)
-    assert not (train_dir(cfg, IDENTITY["laplace"]) / "model.pt").exists()
+    assert not (train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE).exists()
     record = train_diffusion(cfg, IDENTITY["laplace"], progress=False)
     assert record["resumed_from"] == 10  # the kill came before the step-20 checkpoint
-    resumed = torch.load(train_dir(cfg, IDENTITY["laplace"]) / "model.pt", weights_only=False)["state"]
+    resumed = load_safetensors(train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE, "model")[0]
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 

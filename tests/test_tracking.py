@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
-from mlflow.pyfunc import PythonModelContext
 
 from flows import tracking
 from logdiff_core.transforms import IdentityTransform
 from tasks.codec import Codec
 from tasks.config import Variant, from_dict
 from tasks.io import sha256_file
-from tasks.sample import TrainedModel, build_network, model_bundle, network_spec, schedule_from
+from tasks.sample import TrainedModel, build_network, network_spec, save_model, schedule_from
 
 WINE = {"name": "wine", "data": {"source": "wine"}, "autoencoder": {"kind": "none"},
         "network": {"kind": "mlp", "hidden": 16, "layers": 1}, "sample": {"steps": 5},
@@ -30,13 +29,12 @@ CHAMPION_URI = "models:/ngldm-wine-gaussian@champion"
 
 def write_model(path: Path, raw_config: dict = WINE, kind: str = "array", latent_shape: tuple = (3,),
                 seed: int = 0) -> Path:
-    """A real ``model.pt`` (untrained denoiser, identity codec); another seed gives another file."""
+    """A real model file (untrained denoiser, identity codec); another seed gives another file."""
     config = from_dict(raw_config).to_dict()
     torch.manual_seed(seed)
     codec = Codec(kind, IdentityTransform(), None, torch.zeros(()), torch.ones(()), latent_shape)
     spec = network_spec(config, latent_shape)
-    torch.save(model_bundle(build_network(spec, schedule_from(config)), spec, "gaussian", {}, codec, config), path)
-    return path
+    return save_model(path, build_network(spec, schedule_from(config)), spec, "gaussian", {}, codec, config)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +62,7 @@ def train_run(project):
 
 def register(project: Path, run_id: str, score: float, seed: int = 0, metric: str = "distance",
              transform: str = "identity") -> dict:
-    return tracking.register_model(write_model(project / f"model-{seed}.pt", seed=seed), dataset="wine",
+    return tracking.register_model(write_model(project / f"model-{seed}.safetensors", seed=seed), dataset="wine",
                                    variant=Variant("gaussian", transform), run_id=run_id, score=score, metric=metric,
                                    tags={"dvc_data_hash": "d41d8"})
 
@@ -169,7 +167,7 @@ def test_champion_moves_only_on_a_better_score_and_reregistering_is_idempotent(p
     assert client.get_registered_model("ngldm-wine-gaussian").aliases == {"champion": 3}
     v2 = client.get_model_version("ngldm-wine-gaussian", 2)
     assert v2.run_id == train_run
-    assert v2.tags["model_sha256"] == sha256_file(project / "model-1.pt")
+    assert v2.tags["model_sha256"] == sha256_file(project / "model-1.safetensors")
     assert (v2.tags["champion_metric"], float(v2.tags["score"]), v2.tags["dvc_data_hash"]) == ("distance", 2.0, "d41d8")
     assert (v2.tags["distribution"], v2.tags["transform"]) == ("gaussian", "identity")
 
@@ -203,9 +201,7 @@ def test_unknown_model_alias_or_version_is_a_one_line_value_error(project, train
 
 
 def test_image_model_predicts_one_uint8_image_per_row(tmp_path):
-    path = write_model(tmp_path / "model.pt", DIGITS, kind="image", latent_shape=(1, 8, 8))
-    sampler = tracking.NGLDMSampler()
-    sampler.load_context(PythonModelContext(artifacts={"model": str(path)}, model_config={}))
-    out = sampler.predict(None, pd.DataFrame({"n": [3], "steps": [2]}))
+    path = write_model(tmp_path / "model.safetensors", DIGITS, kind="image", latent_shape=(1, 8, 8))
+    out = tracking._load_pyfunc(str(path)).predict(pd.DataFrame({"n": [3], "steps": [2]}))
     images = np.stack(out["image"])
     assert list(out.columns) == ["image"] and images.shape == (3, 1, 8, 8) and images.dtype == np.uint8
