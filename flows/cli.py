@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--distribution", help="noise distribution (train and evaluate)")
     stage.add_argument("--transform", help="data transform (encode, train, evaluate); may be left out when "
                                            "diffusion.transforms names only one")
-    stage.add_argument("--params", default=PARAMS_FILE, help="resolved config file (default: params.yaml)")
+    stage.add_argument("--params", default=PARAMS_FILE,
+                       help="the experiment's resolved config; its folder is the experiment's (default: params.yaml)")
 
     sample = sub.add_parser("sample", help="draw samples from a registered or local model")
     sample.add_argument("--model", required=True,
@@ -82,11 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stage(args) -> None:
+    from dataclasses import replace
+
     from tasks import config
 
     from flows.stages import run_stage
 
-    cfg = config.load(args.params)
+    params = Path(args.params).resolve()  # the experiment folder's params.yaml: the folder is the workdir
+    cfg = replace(config.load(str(params)), workdir=str(params.parent))
     item = None
     if STAGES[args.name].fan_out == "variant":
         if not args.distribution:

@@ -3,18 +3,13 @@
 ingest -> autoencoder -> encode (per transform) -> train (Ray, one per distribution x transform) -> evaluate
 -> register (MLflow) -> report
 
-DVC decides what is stale: a stage runs only when ``dvc status`` says its deps or params changed (or with
-``force``), and is recorded with ``dvc commit`` afterwards, so after a flow run ``dvc status`` is clean and
-``dvc repro`` agrees with the flow. One MLflow parent run per flow run (with the comparison report); a child run
-per stage and per model.
+Each experiment (preset) is a DVC pipeline of its own in its folder (``artifacts/<name>/``). DVC decides what is
+stale: a stage runs only when ``dvc status`` says its deps or params changed (or with ``force``), and is recorded
+with ``dvc commit`` afterwards, so after a flow run ``dvc status`` is clean and ``dvc repro`` agrees with the flow.
+One MLflow parent run per flow run (with the comparison report); a child run per stage and per model.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -24,63 +19,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import tracking
+from flows.project import StaleStages, prepare_experiment, project_lock
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config
 from tasks.config import Config, Variant
-from tasks.paths import MODEL_FILE, data_dir, eval_metrics_file, report_dir, train_dir
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def prepare_project(project_dir: Path, cfg: Config) -> None:
-    """Make ``project_dir`` a DVC project running this pipeline and write the resolved config as params.yaml."""
-    project_dir.mkdir(parents=True, exist_ok=True)
-    if not (project_dir / "dvc.yaml").exists():
-        shutil.copy(REPO_ROOT / "dvc.yaml", project_dir / "dvc.yaml")
-    if not (project_dir / ".dvc").exists():
-        in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=project_dir, capture_output=True).returncode == 0
-        _dvc(project_dir, ["init", "--quiet", *([] if in_git else ["--no-scm"])])
-        _dvc(project_dir, ["config", "core.autostage", "false"])
-    config.dump(cfg, project_dir / "params.yaml")
-
-
-def _dvc(project_dir: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        said = (result.stderr or result.stdout).strip().splitlines() or [f"exit code {result.returncode}"]
-        raise RuntimeError(f"dvc {' '.join(args)} failed: {said[-1]}")
-    return result
-
-
-def stale_stages(project_dir: Path, names: list[str]) -> set[str]:
-    """The DVC stages among ``names`` whose deps, params or outputs changed since they were last recorded."""
-    # the CLI, not dvc.repo.Repo: in-process DVC resolves dvc.yaml's `vars` files against the caller's cwd
-    status = json.loads(_dvc(project_dir, ["status", "--json", *names]).stdout or "{}")
-    return {name for name in names if name in status}
-
-
-class StaleStages:
-    """Which stages must run, as DVC sees it, kept current as stages run: ``ran(name)`` records a stage's outputs
-    in dvc.lock (``dvc commit``, as ``dvc repro`` would have), and the next question about a stage not yet known
-    to be stale asks DVC again, since new outputs make the stages below them stale."""
-
-    def __init__(self, project_dir: Path, names: list[str], force: bool) -> None:
-        self.project_dir, self.names = project_dir, names
-        self.stale = set(names) if force else stale_stages(project_dir, names)
-        self.ran_since_check = False
-
-    def __contains__(self, name: str) -> bool:
-        if name not in self.stale and self.ran_since_check:
-            self.stale |= stale_stages(self.project_dir, self.names)
-            self.ran_since_check = False
-        return name in self.stale
-
-    def ran(self, name: str) -> None:
-        _dvc(self.project_dir, ["commit", "--force", "--quiet", name])
-        self.stale.discard(name)
-        self.ran_since_check = True
+from tasks.io import read_json
+from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, train_dir
 
 
 @task(name="stage", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="{stage}")
@@ -115,9 +59,7 @@ def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
 @task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE,
       task_run_name="register-{variant.name}")
 def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dict:
-    from tasks.io import read_json
-
-    metrics = read_json(eval_metrics_file(cfg, variant))
+    metrics = read_json(eval_dir(cfg, variant) / "record.json")
     registered = tracking.register_model(train_dir(cfg, variant) / MODEL_FILE, dataset=dataset_name(cfg),
                                          variant=variant, run_id=run_id, score=metrics["champion_score"],
                                          metric=metrics["champion_metric"], tags=tags)
@@ -130,13 +72,13 @@ def mlflow_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def lineage_hashes(project: Path, cfg: Config) -> dict:
+def lineage_hashes(cfg: Config) -> dict:
     """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder."""
     import yaml
 
     from tasks.data import load_manifest
 
-    lock = project / "dvc.lock"
+    lock = cfg.work / "dvc.lock"
     outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("ingest", {}).get("outs", []) if lock.exists() else []
     return {"data_content_hash": load_manifest(data_dir(cfg))["content_hash"],
             "dvc_data_md5": outs[0].get("md5", "") if outs else ""}
@@ -170,11 +112,15 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     logger = get_run_logger()
     project = Path(project_dir).resolve()
     cfg = config.load(preset, overrides or [])
-    prepare_project(project, cfg)
-    # stages resolve paths against the project, wherever Prefect or Ray run them
-    run_cfg = replace(cfg, workdir=str(project / cfg.workdir))
+    with project_lock(project):
+        return _run_stale_stages(cfg, preset, project, force, logger)
+
+
+def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logger) -> dict:
+    # stages resolve paths against the experiment folder, wherever Prefect or Ray run them
+    run_cfg = replace(cfg, workdir=str(prepare_experiment(project, cfg)))
     variants = cfg.variants()
-    stale = StaleStages(project, stage_names(cfg), force)
+    stale = StaleStages(run_cfg.work, stage_names(cfg), force)
     logger.info("stale stages: %s", ", ".join(n for n in stage_names(cfg) if n in stale.stale) or "none")
 
     lineage = {"git_commit": tracking.git_commit(project), "prefect_flow_run_id": _flow_run_id(),
@@ -194,7 +140,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
         for stage in ("ingest", "autoencoder", "encode"):
             for item in STAGES[stage].items(cfg):
                 run_if_stale(stage, item, lambda: stage_task(run_cfg, stage, parent_id, item))
-        lineage.update(lineage_hashes(project, run_cfg))
+        lineage.update(lineage_hashes(run_cfg))
         with variant_runs(parent_id, cfg, lineage) as run_ids:
             to_train = [v for v in variants if STAGES["train"].dvc_name(v) in stale]
             if to_train:  # one call, so Ray trains them side by side
@@ -228,7 +174,8 @@ def _flow_run_id() -> str:
 
 def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False) -> dict:
     config.load(preset, overrides)  # a config mistake is a one-line error before Prefect starts
-    return pipeline(preset, list(overrides), str(project_dir), force)
+    with project_lock(Path(project_dir)):  # and so is a busy project; the flow re-enters the lock
+        return pipeline(preset, list(overrides), str(project_dir), force)
 
 
 def print_summary(summary: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,13 +19,15 @@ from logdiff_core.autoencoder import ConvAutoencoder, PatchDiscriminator, gradie
 from logdiff_core.metrics import sliced_wasserstein_distance
 from logdiff_core.networks import count_parameters
 
-from .config import Config, dump
+from .config import Config, write_yaml
 from .data import float_to_images, images_to_float, load_split
-from .io import Resumable, fingerprint, save_safetensors, write_json
-from .paths import autoencoder_dir, data_dir
+from .io import Resumable, fingerprint, save_safetensors, stage_output, write_json
+from .paths import MODEL_FILE, autoencoder_dir, checkpoint_file, data_dir, metrics_file
 from .runtime import StepCallback, resolve_device, seed_everything
 from .scoring import image_fid
 from .visuals import save_image_grid
+
+HEADLINE = ("val_psnr", "val_rswd", "rfid")  # the figures worth comparing across experiments
 
 
 def build_autoencoder(cfg: Config, in_channels: int) -> ConvAutoencoder:
@@ -49,23 +50,20 @@ def reconstruct(model: ConvAutoencoder, images: np.ndarray, device, batch_size: 
     return np.concatenate(parts)
 
 
-def reconstruction_report(cfg: Config, model: ConvAutoencoder, originals: np.ndarray, device) -> dict:
+def reconstruction_report(cfg: Config, model: ConvAutoencoder, originals: np.ndarray, device) -> tuple[dict, np.ndarray]:
+    """Reconstruction figures on the held-out images, and the reconstructions."""
     recon = reconstruct(model, originals, device)
     report = {"val_psnr": psnr(recon, originals), "val_count": len(originals),
               "val_rswd": sliced_wasserstein_distance(recon, originals)["swd_mean"]}
     report.update({f"r{k}": v for k, v in image_fid(cfg, recon, originals, stats_cache=None).items()})
-    save_image_grid(np.concatenate([originals[:32], recon[:32]]), autoencoder_dir(cfg) / "reconstructions.png", nrow=8)
-    return report
+    return report, recon
 
 
 def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict:
-    """Train (or resume) the autoencoder on the ingested train split; write ``model.safetensors``, ``record.json``."""
-    out = autoencoder_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    dump(cfg, out / "config.yaml", settings_only=True)
+    """Train (or resume) the autoencoder on the ingested train split; write its folder (``model.safetensors``,
+    ``reconstructions.png``, ``record.json``) and its headline figures in ``metrics/autoencoder.json``."""
     if cfg.autoencoder.kind == "none":  # the model file still marks the stage's output, for DVC and the codec
-        save_safetensors(out / "model.safetensors", {}, {"kind": "none"})
-        return write_record(out, {"kind": "none"})
+        return _write_outputs(cfg, {}, {"kind": "none"}, {"kind": "none"})
     train = load_split(data_dir(cfg), "train")
     if train.kind != "image":
         raise ValueError("autoencoder.kind=conv needs image data; set autoencoder.kind=none for array data")
@@ -82,8 +80,8 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     run_fingerprint = fingerprint({
         "seed": cfg.seed, "data": train.manifest["content_hash"],
         "autoencoder": {k: v for k, v in cfg.to_dict()["autoencoder"].items() if k not in ("steps", "checkpoint_every", "log_every")}})
-    checkpoint = Resumable(out / "checkpoint.pt", run_fingerprint, "autoencoder", model=model, disc=disc, opt=opt,
-                           opt_d=opt_d)
+    checkpoint = Resumable(checkpoint_file(cfg, "autoencoder"), run_fingerprint, "autoencoder", model=model,
+                           disc=disc, opt=opt, opt_d=opt_d)
     start = 0
     if state := checkpoint.restore(ae_cfg.steps):
         gen.set_state(state["generator"])
@@ -121,13 +119,22 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     trained = ae_cfg.steps - start
     checkpoint.save(ae_cfg.steps, generator=gen.get_state())
 
-    report = reconstruction_report(cfg, model, val.values, device)
-    save_safetensors(out / "model.safetensors", model.state_dict(), {"kind": "conv", "init": model.init_args})
-    return write_record(out, {"kind": "conv", "steps": ae_cfg.steps, "seconds": seconds,
-                              "images_per_s": trained * ae_cfg.batch_size / seconds if trained else None,
-                              "parameters": count_parameters(model), **report})
+    report, recon = reconstruction_report(cfg, model, val.values, device)
+    record = {"kind": "conv", "steps": ae_cfg.steps, "parameters": count_parameters(model), **report}
+    timing = {"seconds": seconds, "images_per_s": trained * ae_cfg.batch_size / seconds if trained else None}
+    return _write_outputs(cfg, model.state_dict(), {"kind": "conv", "init": model.init_args}, record, timing,
+                          np.concatenate([val.values[:32], recon[:32]]))
 
 
-def write_record(out: Path, record: dict) -> dict:
-    write_json(out / "record.json", record)
-    return record
+def _write_outputs(cfg: Config, tensors: dict, settings: dict, record: dict, timing: dict | None = None,
+                   comparison: np.ndarray | None = None) -> dict:
+    """The folder holds what the run made, identical whoever runs it; timings go to metrics/ and MLflow only."""
+    with stage_output(autoencoder_dir(cfg), "autoencoder") as out:
+        write_yaml(out / "config.yaml", cfg.settings("seed", "data", "autoencoder"))
+        save_safetensors(out / MODEL_FILE, tensors, settings)
+        if comparison is not None:  # originals above, reconstructions below
+            save_image_grid(comparison, out / "reconstructions.png", nrow=8)
+        write_json(out / "record.json", record)
+    headline = {k: v for k, v in record.items() if k in HEADLINE} | (timing or {})
+    write_json(metrics_file(cfg, "autoencoder"), headline)
+    return {**record, **(timing or {})}

@@ -18,7 +18,7 @@ from logdiff_core.autoencoder import ConvAutoencoder
 from .config import Config
 from .data import float_to_images, images_to_float
 from .io import load_safetensors, read_json, under_prefix, with_prefix
-from .paths import autoencoder_dir, latents_dir
+from .paths import MODEL_FILE, autoencoder_dir, latents_dir
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Codec:
 
 def load_autoencoder(cfg: Config) -> ConvAutoencoder | None:
     """The autoencoder stage's model, or None when the preset diffuses the data directly."""
-    tensors, settings = load_safetensors(autoencoder_dir(cfg) / "model.safetensors", "autoencoder")
+    tensors, settings = load_safetensors(autoencoder_dir(cfg) / MODEL_FILE, "autoencoder")
     if settings["kind"] == "none":
         return None
     model = ConvAutoencoder(**settings["init"])

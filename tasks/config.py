@@ -162,7 +162,7 @@ class Variant:
 class Config:
     name: str = "demo"
     seed: int = 0
-    workdir: str = "artifacts"
+    workdir: str | None = None  # the experiment's folder, relative to the project; default artifacts/<name>
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -174,14 +174,24 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def settings(self) -> dict:
-        """The config without ``workdir`` (a location, not a setting): what is saved beside outputs, so that
-        the flow (absolute paths) and ``dvc repro`` (relative paths) write byte-identical files."""
-        return {k: v for k, v in self.to_dict().items() if k != "workdir"}
+    def settings(self, *sections: str) -> dict:
+        """The config without ``workdir`` (a location, not a setting), or only ``sections`` of it: what is saved
+        beside outputs, so that the flow (absolute paths) and ``dvc repro`` (relative paths) write identical files."""
+        settings = {k: v for k, v in self.to_dict().items() if k != "workdir"}
+        return {k: settings[k] for k in sections} if sections else settings
+
+    def model_settings(self, variant: Variant) -> dict:
+        """The config as it concerns one model: the other distributions and transforms left out, so that changing
+        one distribution changes nothing about the others (as DVC's per-model params say)."""
+        settings = self.settings()
+        settings["diffusion"] = {**settings["diffusion"], "transforms": [variant.transform],
+                                 "distributions": {variant.distribution: self.diffusion.distributions[variant.distribution]}}
+        return settings
 
     @property
     def work(self) -> Path:
-        return Path(self.workdir)
+        """The experiment's folder: ``workdir``, or ``artifacts/<name>``."""
+        return Path(self.workdir) if self.workdir else Path("artifacts") / self.name
 
     def variants(self) -> list[Variant]:
         """Every model to train, in ``dvc.yaml``'s matrix order (distribution, then transform)."""
@@ -396,7 +406,12 @@ def load(preset_or_path: str = "demo", overrides: list[str] | None = None) -> Co
     return from_dict(apply_overrides(_raw_with_extends(preset_or_path), overrides or []))
 
 
-def dump(cfg: Config, path: str | Path, settings_only: bool = False) -> None:
+def dump(cfg: Config, path: str | Path) -> None:
+    """The whole resolved config as YAML (``params.yaml``)."""
+    write_yaml(path, cfg.to_dict())
+
+
+def write_yaml(path: str | Path, data: dict) -> None:
     from tasks.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.settings() if settings_only else cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

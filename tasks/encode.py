@@ -13,7 +13,7 @@ from logdiff_core import transforms
 from .codec import Codec, load_autoencoder
 from .config import Config
 from .data import load_split
-from .io import atomic_save_numpy, save_safetensors, write_json
+from .io import atomic_save_numpy, save_safetensors, stage_output, write_json
 from .paths import data_dir, latents_dir
 from .runtime import resolve_device
 
@@ -40,15 +40,15 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
         std = raw.std(0)
         codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
     codec.latent_shape = tuple(raw.shape[1:])
-    out = latents_dir(cfg, transform_name)
     latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
-    for split, values in latents.items():
-        atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
-    save_safetensors(out / "codec.safetensors", *codec.to_safe())
     manifest = {"kind": train.kind, "latent_shape": list(codec.latent_shape),
                 "counts": {k: len(v) for k, v in latents.items()}, "transform": transform.name,
                 "autoencoder": cfg.autoencoder.kind, "scale_factor": float(codec.scale.mean()),
                 "train_std_after_scaling": float(latents["train"].std()),
                 "data_content_hash": train.manifest.get("content_hash")}
-    write_json(out / "manifest.json", manifest)
+    with stage_output(latents_dir(cfg, transform_name), "encode") as out:
+        for split, values in latents.items():
+            atomic_save_numpy(out / f"{split}.npy", values.float().numpy())
+        save_safetensors(out / "codec.safetensors", *codec.to_safe())
+        write_json(out / "manifest.json", manifest)
     return manifest

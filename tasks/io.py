@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -30,6 +32,40 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+MARKER = ".logdiff-stage"  # in every folder a stage wrote: the pipeline replaces no folder without it
+
+
+def check_replaceable(folder: Path) -> None:
+    """A one-line error unless ``folder`` is absent or a folder a LogDiff stage wrote (it holds the marker)."""
+    if folder.exists() and not (folder / MARKER).is_file():
+        raise FileExistsError(f"{folder} exists and was not written by logdiff (no {MARKER} marker inside); "
+                              "move it away or choose another workdir: logdiff replaces only its own folders")
+
+
+@contextmanager
+def stage_output(folder: str | Path, stage: str) -> Iterator[Path]:
+    """A fresh, empty folder for a stage's outputs, swapped in whole over ``folder`` when the block succeeds and
+    removed when it fails: ``folder`` holds exactly what the stage's last successful run wrote, never a mix."""
+    folder = Path(folder)
+    check_replaceable(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.parent.glob(f".{folder.name}.*.tmp"):  # from a run that was killed outright
+        shutil.rmtree(leftover, ignore_errors=True)
+    fresh = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fresh.mkdir()
+    try:
+        (fresh / MARKER).write_text(json.dumps({"stage": stage}) + "\n")
+        yield fresh
+        previous = fresh.with_name(fresh.name.replace(".tmp", ".old.tmp"))
+        if folder.exists():
+            os.replace(folder, previous)
+        os.replace(fresh, folder)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -1,10 +1,18 @@
-"""Where every stage keeps its outputs, relative to the run's work folder (``cfg.work``): the one place that
-spells the layout, so no stage imports another to find a file."""
+"""Where everything of one experiment lives, relative to its folder (``cfg.work``, by default
+``artifacts/<name>``): the one place that spells the layout, so no stage imports another to find a file.
+
+Each stage writes one output folder (swapped in whole, see ``io.stage_output``) and, where it has figures worth
+comparing across experiments, a few numbers in ``metrics/`` (small JSON files that git and ``dvc exp`` keep).
+``.logdiff/`` holds what is not an output: resume checkpoints, logs and caches (git-ignored).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .config import Config, Variant
+
+MODEL_FILE = "model.safetensors"  # a trained model, in every stage folder that holds one
+STATE = ".logdiff"  # in the project and in each experiment: what is not an output (lock, checkpoints, logs, caches)
 
 
 def data_dir(cfg: Config) -> Path:
@@ -25,22 +33,29 @@ def train_dir(cfg: Config, variant: Variant) -> Path:
     return cfg.work / "train" / variant.name
 
 
-MODEL_FILE = "model.safetensors"  # a trained model, in every stage folder that holds one
-
-
 def eval_dir(cfg: Config, variant: Variant) -> Path:
-    """Pictures and samples; the metrics sit beside it (DVC metrics cannot nest inside an output folder)."""
     return cfg.work / "eval" / variant.name
-
-
-def eval_metrics_file(cfg: Config, variant: Variant) -> Path:
-    return cfg.work / "eval" / f"{variant.name}.json"
-
-
-def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
-    """Cached Inception statistics of ``num_samples`` reference images of one dataset version."""
-    return cfg.work / "eval" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"
 
 
 def report_dir(cfg: Config) -> Path:
     return cfg.work / "report"
+
+
+def metrics_file(cfg: Config, stage: str, item: str | None = None) -> Path:
+    """A stage's few headline numbers: ``metrics/<stage>.json``, or ``metrics/<stage>/<item>.json`` per item."""
+    return cfg.work / "metrics" / (f"{stage}.json" if item is None else f"{stage}/{item}.json")
+
+
+def state_dir(cfg: Config) -> Path:
+    """Not outputs: resume checkpoints, logs, caches. Never tracked by DVC or git."""
+    return cfg.work / STATE
+
+
+def checkpoint_file(cfg: Config, name: str) -> Path:
+    """Where a training stage (``autoencoder``, or a variant's name) keeps its resume state."""
+    return state_dir(cfg) / "checkpoints" / f"{name}.pt"
+
+
+def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
+    """Cached Inception statistics of ``num_samples`` reference images of one dataset version."""
+    return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"

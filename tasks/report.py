@@ -7,6 +7,7 @@ array data, per-feature histograms of the best model of each transform against t
 """
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import numpy as np
 
 from .config import Config, Variant
 from .data import load_manifest, load_split
-from .io import atomic_write_text, read_json, write_json
-from .paths import data_dir, eval_dir, eval_metrics_file, report_dir
-from .visuals import plot_grids_side_by_side, plot_histograms, plot_scores
+from .io import atomic_write_text, read_json, stage_output, write_json
+from .paths import data_dir, eval_dir, report_dir, train_dir
+from .visuals import plot_grids_side_by_side, plot_histograms, plot_scores, plot_training_curves
 
 # What the table shows per data kind, lower is better for all; floors exist for array metrics.
 COLUMNS = {"image": ("fid", "kid", "swd_mean"),
@@ -26,7 +27,7 @@ COLUMNS = {"image": ("fid", "kid", "swd_mean"),
 def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
     found, missing = {}, []
     for variant in cfg.variants():
-        path = eval_metrics_file(cfg, variant)
+        path = eval_dir(cfg, variant) / "record.json"
         if path.exists():
             found[variant] = read_json(path)
         else:
@@ -111,33 +112,44 @@ def write_report(cfg: Config) -> dict:
     """Write the comparison of every evaluated model; returns the winners and the table."""
     rows, missing = _collect(cfg)
     if not rows:
-        raise FileNotFoundError(f"no evaluated models under {eval_metrics_file(cfg, cfg.variants()[0]).parent}; "
+        raise FileNotFoundError(f"no evaluated models under {eval_dir(cfg, cfg.variants()[0]).parent}; "
                                 "run the evaluate stages first")
-    out = report_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     first = next(iter(rows.values()))
     kind, metric = first["kind"], first["champion_metric"]
     columns = [c for c in COLUMNS[kind] if any(c in r for r in rows.values())]
     winners = {c: best.name for c in [*columns, metric] if (best := _best(rows, c)) is not None}
-    pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
-                            metric, first.get(f"floor_{metric}"), out / "scores.png").name]
-    if kind == "image":
-        grids = {v.label: eval_dir(cfg, v) / "samples.png" for v in rows if (eval_dir(cfg, v) / "samples.png").exists()}
-        if grids:
-            pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
-    else:
-        best_per_transform = {best.label: np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",", skiprows=1,
-                                                     ndmin=2)
-                              for subset in _by_transform(rows).values() if (best := _best(subset, metric))}
-        held_out = load_split(data_dir(cfg), "val").values
-        names = load_manifest(data_dir(cfg)).get("feature_names") or []
-        pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
     summary = {"champion_metric": metric, "best": winners.get(metric), "winners": winners,
                "missing": [v.name for v in missing],
                "models": {v.name: {"distribution": v.distribution, "transform": v.transform,
                                    **{c: r.get(c) for c in columns},
                                    **({f"floor_{c}": r.get(f"floor_{c}") for c in columns} if kind == "array" else {})}
                           for v, r in rows.items()}}
-    atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, columns, pictures))
-    write_json(out / "report.json", summary)
+    with stage_output(report_dir(cfg), "report") as out:
+        pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
+                                metric, first.get(f"floor_{metric}"), out / "scores.png").name,
+                    plot_training_curves({v.label: _read_csv(train_dir(cfg, v) / "history.csv") for v in rows},
+                                         {v.label: _read_csv(train_dir(cfg, v) / "curve.csv") for v in rows},
+                                         out / "curves.png").name]
+        if kind == "image":
+            grids = {v.label: eval_dir(cfg, v) / "samples.png" for v in rows
+                     if (eval_dir(cfg, v) / "samples.png").exists()}
+            if grids:
+                pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
+        else:
+            best_per_transform = {best.label: np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",",
+                                                         skiprows=1, ndmin=2)
+                                  for subset in _by_transform(rows).values() if (best := _best(subset, metric))}
+            held_out = load_split(data_dir(cfg), "val").values
+            names = load_manifest(data_dir(cfg)).get("feature_names") or []
+            pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
+        atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, columns, pictures))
+        write_json(out / "report.json", summary)
     return summary
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """Rows of a history/curve CSV with numbers as floats; no rows when the file is missing or empty."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as file:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]

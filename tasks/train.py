@@ -26,28 +26,20 @@ from logdiff_core.diffusion import training_loss
 from logdiff_core.networks import count_parameters
 
 from .codec import latents_manifest, load_codec, load_latents
-from .config import Config, Variant, dump
+from .config import Config, Variant, write_yaml
 from .data import load_manifest
-from .io import Resumable, atomic_write_text, fingerprint, sha256_file, write_json
-from .paths import MODEL_FILE, data_dir, latents_dir, train_dir
+from .io import Resumable, atomic_write_text, check_replaceable, fingerprint, sha256_file, stage_output, write_json
+from .paths import MODEL_FILE, checkpoint_file, data_dir, latents_dir, metrics_file, train_dir
 from .runtime import StepCallback, resolve_device, seed_everything
 from .sample import build_network, network_spec, save_model, schedule_from
+from .visuals import plot_training_curves
 
 Evaluator = Callable[[nn.Module, int], dict]
 
 
-def model_settings(cfg: Config, variant: Variant) -> dict:
-    """The config as it concerns this one model: the other distributions and transforms left out, so that
-    changing one distribution changes nothing about the others (as DVC's per-distribution params say)."""
-    settings = cfg.settings()
-    settings["diffusion"] = {**settings["diffusion"], "transforms": [variant.transform],
-                             "distributions": {variant.distribution: cfg.diffusion.distributions[variant.distribution]}}
-    return settings
-
-
 def training_fingerprint(cfg: Config, variant: Variant) -> str:
     """What a checkpoint must match to be resumed: the latents and every setting except the run's length."""
-    settings = {k: v for k, v in model_settings(cfg, variant).items()
+    settings = {k: v for k, v in cfg.model_settings(variant).items()
                 if k in ("seed", "network", "diffusion", "train")}
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
     return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg, variant.transform) / "train.npy")})
@@ -79,7 +71,8 @@ def _write_history(rows: list[dict], path: Path) -> None:
 
 def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None = None,
                     evaluator: Evaluator | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the denoiser for ``variant``; write its model file, ``history.csv``, ``record.json``."""
+    """Train (or resume) the denoiser for ``variant``; write its folder (model file, ``history.csv``, ``curve.csv``,
+    ``curves.png``, ``record.json``) and its headline figures in ``metrics/train/<name>.json``."""
     variant = cfg.variant(variant.distribution, variant.transform)  # a configured one, or a clear error
     distribution = variant.distribution
     params = cfg.diffusion.distributions[distribution]
@@ -92,10 +85,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    out = train_dir(cfg, variant)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        dump(cfg, out / "config.yaml", settings_only=True)
+    check_replaceable(train_dir(cfg, variant))  # before the work, not after it
 
     # A per-model, per-rank stream: models differ, and DDP ranks draw different batches.
     seed_everything(cfg.seed)
@@ -116,8 +106,8 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     warmup = lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
 
-    checkpoint = Resumable(out / "checkpoint.pt", training_fingerprint(cfg, variant), variant.name, model=model,
-                           ema=ema.model, opt=opt, lr_schedule=lr_schedule)
+    checkpoint = Resumable(checkpoint_file(cfg, variant.name), training_fingerprint(cfg, variant), variant.name,
+                           model=model, ema=ema.model, opt=opt, lr_schedule=lr_schedule)
     start, history, curve = 0, [], []
     if state := checkpoint.restore(tc.steps):
         gen.set_state(state["generator"][rank % len(state["generator"])].to(gen.get_state().device))
@@ -182,16 +172,23 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         return {}
     if curve and curve[-1]["step"] != tc.steps and evaluator:
         curve.append({"step": tc.steps, **evaluator(ema.model, tc.steps)})
-    save_model(out / MODEL_FILE, ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
-               model_settings(cfg, variant), load_manifest(data_dir(cfg)).get("feature_names"))
-    _write_history(history, out / "history.csv")
-    _write_history(curve, out / "curve.csv")  # written even when empty: DVC declares it as a plot
     trained_steps = tc.steps - start
+    # the folder holds what the run made, identical whoever runs it (and however often it was resumed); how the
+    # run went goes to metrics/ and MLflow only
     record = {"distribution": distribution, "transform": variant.transform, "noise_params": params,
-              "steps": tc.steps, "resumed_from": start,
-              "final_loss": history[-1]["loss"] if history else None, "seconds": seconds,
-              "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None,
+              "steps": tc.steps, "final_loss": history[-1]["loss"] if history else None,
               "parameters": count_parameters(model), "device": str(device), "world_size": world,
               "fingerprint": checkpoint.fingerprint}
-    write_json(out / "record.json", record)
-    return record
+    timing = {"seconds": seconds,
+              "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None}
+    resumed = {"resumed_from": start}
+    with stage_output(train_dir(cfg, variant), "train") as out:
+        write_yaml(out / "config.yaml", cfg.model_settings(variant))
+        save_model(out / MODEL_FILE, ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
+                   cfg.model_settings(variant), load_manifest(data_dir(cfg)).get("feature_names"))
+        _write_history([{k: v for k, v in row.items() if k != "images_per_s"} for row in history], out / "history.csv")
+        _write_history(curve, out / "curve.csv")
+        plot_training_curves({variant.label: history}, {variant.label: curve}, out / "curves.png")
+        write_json(out / "record.json", record)
+    write_json(metrics_file(cfg, "train", variant.name), {"final_loss": record["final_loss"], **timing})
+    return {**record, **timing, **resumed}

@@ -109,3 +109,22 @@ def plot_grids_side_by_side(grids: dict[str, Path], path: str | Path, columns: i
         ax.imshow(picture, cmap="gray" if picture.mode == "L" else None)
         ax.set_title(label, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, list[dict]], path: str | Path) -> Path:
+    """Training loss per step (left) and the metric-curve points (right) of each model (label -> rows of
+    ``history.csv`` / ``curve.csv``), overlaid: a picture, so it needs no plotting library in the browser."""
+    metric = next((k for rows in curves.values() for row in rows for k in row if k != "step"), None)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
+    for label, rows in histories.items():
+        axes[0][0].plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+    axes[0][0].set(xlabel="step", ylabel="training loss (window mean)", yscale="log")
+    if metric:
+        for label, rows in curves.items():
+            points = [r for r in rows if isinstance(r.get(metric), (int, float))]
+            axes[0][1].plot([r["step"] for r in points], [r[metric] for r in points], marker="o", label=label)
+        axes[0][1].set(xlabel="step", ylabel=f"{metric} (lower is better)")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

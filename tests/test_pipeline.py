@@ -45,12 +45,12 @@ def project(tmp_path_factory):
     return root, run_pipeline("demo", TINY, project_dir=str(root))
 
 
-def dvc_status(root):
+def dvc_status(experiment):
     import json
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=experiment, capture_output=True,
                             text=True, check=True)
     return json.loads(result.stdout)
 
@@ -60,7 +60,7 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert summary["stages_run"] == ["ingest", "autoencoder", "encode@identity", "train@gaussian-identity",
                                      "train@student_t-identity", "evaluate@gaussian-identity",
                                      "evaluate@student_t-identity", "report"]
-    assert dvc_status(root) == {}
+    assert dvc_status(root / "artifacts" / "demo") == {}
     tracking.use_store(root)
     client = MlflowClient()
     for distribution in ("gaussian", "student_t"):
@@ -75,8 +75,9 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert [m.step for m in client.get_metric_history(gaussian.info.run_id, "loss")] == [5, 10]
     assert "curve_swd_mean" in gaussian.data.metrics and "champion_score" in gaussian.data.metrics
     assert gaussian.data.tags["data_content_hash"] and gaussian.data.tags["dvc_data_md5"]
-    assert (root / "params.yaml").exists()
-    assert (root / "artifacts" / "eval" / "gaussian-identity" / "samples.png").exists()
+    experiment = root / "artifacts" / "demo"
+    assert (experiment / "params.yaml").exists() and (experiment / "dvc.yaml").exists()
+    assert (experiment / "eval" / "gaussian-identity" / "samples.png").exists()
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "report.json", "scores.png", "samples.png"} <= logged
@@ -89,6 +90,14 @@ def test_rerun_skips_everything(project):
     assert {d: i["version"] for d, i in again["models"].items()} == {"gaussian": 1, "student_t": 1}
 
 
+def test_another_experiment_has_its_own_folder_and_switching_back_retrains_nothing(project):
+    root, _ = project
+    other = run_pipeline("demo", [*TINY, "name=other", "diffusion.distributions={gaussian: {}}"], project_dir=str(root))
+    assert other["stages_run"][:2] == ["ingest", "autoencoder"] and (root / "artifacts" / "other" / "dvc.lock").exists()
+    back = run_pipeline("demo", TINY, project_dir=str(root))
+    assert back["stages_run"] == []
+
+
 def test_changing_one_distribution_reruns_only_it(project):
     root, _ = project
     changed = [o for o in TINY if not o.startswith("diffusion.distributions")]
@@ -97,7 +106,7 @@ def test_changing_one_distribution_reruns_only_it(project):
     assert summary["stages_run"] == ["train@student_t-identity", "evaluate@student_t-identity", "report"]
     assert summary["models"]["student_t"]["version"] == 2
     assert summary["models"]["gaussian"]["version"] == 1
-    assert dvc_status(root) == {}
+    assert dvc_status(root / "artifacts" / "demo") == {}
 
 
 def test_dvc_repro_writes_what_the_flow_wrote(project):
@@ -108,9 +117,10 @@ def test_dvc_repro_writes_what_the_flow_wrote(project):
 
     root, _ = project
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity"], cwd=root,
-                   env=env, check=True, capture_output=True)
-    assert dvc_status(root) == {}
+    experiment = root / "artifacts" / "demo"
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity"],
+                   cwd=experiment, env=env, check=True, capture_output=True)
+    assert dvc_status(experiment) == {}
 
 
 def test_sample_from_the_registry_via_the_cli(project, capsys):
@@ -126,13 +136,16 @@ def test_sample_from_the_registry_via_the_cli(project, capsys):
 
 def test_one_distribution_across_two_ddp_workers(project):
     """Ray Train (TorchTrainer, gloo DDP on CPU) runs the same training stage across two workers."""
+    from dataclasses import replace
+
     from flows.distributed import train_ddp
     from tasks import config
     from tasks.config import Variant
 
     root, _ = project
-    cfg = config.load(str(root / "params.yaml"), [f"workdir={root / 'artifacts'}", "train.num_workers=2",
-                                                   "train.eval_every=0"])
+    experiment = root / "artifacts" / "demo"
+    cfg = replace(config.load(str(experiment / "params.yaml"), ["train.num_workers=2", "train.eval_every=0"]),
+                  workdir=str(experiment))
     record = train_ddp(cfg, Variant("gaussian", "identity"))
     assert record["world_size"] == 2 and record["steps"] == 10
 
@@ -147,8 +160,8 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
     assert set(summary["models"]) == {"gaussian", "laplace", "gaussian-log", "laplace-log"}
     assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
-    assert dvc_status(tmp_path) == {}
-    report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
+    assert dvc_status(tmp_path / "artifacts" / "wine") == {}
+    report = (tmp_path / "artifacts" / "wine" / "report" / "report.md").read_text()
     assert "| laplace-log | laplace | log |" in report and "| gaussian | gaussian | identity |" in report
 
     out = tmp_path / "samples.csv"
@@ -162,13 +175,16 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
 def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):
     """One model's failure (here an unconfigured distribution) comes back as its exception; the rest train, and
     `logdiff run` prints the failure and exits 1."""
+    from dataclasses import replace
+
     from flows import pipeline
     from flows.distributed import train_variants
     from tasks import config
     from tasks.config import Variant
 
     root, _ = project
-    cfg = config.load(str(root / "params.yaml"), [f"workdir={root / 'artifacts'}", "train.eval_every=0"])
+    experiment = root / "artifacts" / "demo"
+    cfg = replace(config.load(str(experiment / "params.yaml"), ["train.eval_every=0"]), workdir=str(experiment))
     results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
     assert isinstance(results["gaussian-identity"], dict) and results["gaussian-identity"]["steps"] == 10
     assert isinstance(results["cauchy-identity"], ValueError)

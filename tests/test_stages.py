@@ -1,4 +1,6 @@
 """The stage functions end to end on tiny settings: ingest -> autoencoder -> encode -> train -> evaluate -> report."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from tasks.codec import load_latents
 from tasks.encode import encode_latents
 from tasks.evaluate import evaluate
 from tasks.io import load_safetensors
-from tasks.paths import MODEL_FILE, eval_metrics_file, train_dir
+from tasks.paths import MODEL_FILE, checkpoint_file, eval_dir, train_dir
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.sample import load_trained
@@ -63,12 +65,13 @@ def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
         if step == 20:
             raise Killed
 
-    # a second, interrupted run in a fresh stage folder: resume must reproduce the uninterrupted weights exactly
-    (train_dir(cfg, IDENTITY["laplace"]) / "checkpoint.pt").unlink()
-    (train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE).unlink()
+    # a second, interrupted run from scratch: resume must reproduce the uninterrupted weights exactly
+    checkpoint_file(cfg, IDENTITY["laplace"].name).unlink()
+    shutil.rmtree(train_dir(cfg, IDENTITY["laplace"]))
     with pytest.raises(Killed):
         train_diffusion(cfg, IDENTITY["laplace"], callback=kill_at_step_20, progress=False)
-    assert not (train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE).exists()
+    assert not train_dir(cfg, IDENTITY["laplace"]).exists()  # nothing half-written, no temp folder left
+    assert [p.name for p in train_dir(cfg, IDENTITY["laplace"]).parent.iterdir() if "laplace" in p.name] == []
     record = train_diffusion(cfg, IDENTITY["laplace"], progress=False)
     assert record["resumed_from"] == 10  # the kill came before the step-20 checkpoint
     resumed = load_safetensors(train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE, "model")[0]
@@ -89,7 +92,7 @@ def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
     history = (train_dir(cfg, IDENTITY["gaussian"]) / "history.csv").read_text().splitlines()
     assert history[0].startswith("step,") and len(history) == 4
     result = evaluate(cfg, IDENTITY["gaussian"])
-    assert result == read_json(eval_metrics_file(cfg, IDENTITY["gaussian"]))
+    assert result == read_json(eval_dir(cfg, IDENTITY["gaussian"]) / "record.json")
     assert result["champion_metric"] == "swd_mean" and result["champion_score"] > 0
     assert result["num_samples"] == 48
     for name in ("samples.png", "trajectories.png"):

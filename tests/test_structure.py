@@ -47,7 +47,7 @@ def test_the_import_check_can_fail(tmp_path):
 
 
 def test_stage_table_matches_dvc_yaml():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "conf" / "pipeline" / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(STAGES)  # same stages, same order
     for name, declared in stages.items():
         stage = STAGES[name]

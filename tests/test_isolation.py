@@ -1,0 +1,71 @@
+"""Runs never leave stale or foreign files behind, never replace what is not theirs, and never run twice at once."""
+import json
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+from flows.project import ProjectLocked, project_lock
+from tasks.io import MARKER, stage_output
+
+
+def test_a_stage_folder_holds_only_what_its_last_run_wrote(tmp_path):
+    folder = tmp_path / "eval" / "gaussian"
+    with stage_output(folder, "evaluate") as out:
+        (out / "samples.png").write_text("digits")
+        (out / "histograms.png").write_text("wine")
+    with stage_output(folder, "evaluate") as out:
+        (out / "samples.png").write_text("digits again")
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "samples.png"]
+    assert (folder / "samples.png").read_text() == "digits again"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["gaussian"]  # no temp folders left
+
+
+def test_a_failed_stage_leaves_the_previous_outputs_as_they_were(tmp_path):
+    folder = tmp_path / "train" / "laplace"
+    with stage_output(folder, "train") as out:
+        (out / "model.safetensors").write_text("v1")
+    with pytest.raises(RuntimeError), stage_output(folder, "train") as out:
+        (out / "model.safetensors").write_text("half")
+        raise RuntimeError("diverged")
+    assert (folder / "model.safetensors").read_text() == "v1"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["laplace"]
+
+
+def test_a_folder_logdiff_did_not_write_is_refused_and_left_alone(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("a user's file")
+    with pytest.raises(FileExistsError, match="was not written by logdiff") as err:
+        with stage_output(folder, "ingest"):
+            pass
+    assert "\n" not in str(err.value) and (folder / "mine.txt").read_text() == "a user's file"
+
+
+def _hold_lock(project, ready):
+    with project_lock(project):
+        ready.set()
+        time.sleep(60)
+
+
+def test_a_second_run_in_the_same_project_fails_at_once_naming_the_first(tmp_path):
+    ready = multiprocessing.get_context("spawn").Event()
+    holder = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(tmp_path, ready))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        started = time.monotonic()
+        with pytest.raises(ProjectLocked, match=f"pid {holder.pid}, started .*") as err:
+            with project_lock(tmp_path):
+                pass
+        assert time.monotonic() - started < 2 and "\n" not in str(err.value)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # a run killed outright: its lock goes with it
+        holder.join()
+    with project_lock(tmp_path):  # taken over at once, nothing to clean up
+        record = json.loads((tmp_path / ".logdiff" / "lock").read_text())
+        assert record["pid"] == os.getpid()
+        with project_lock(tmp_path):  # the flow re-enters the lock its CLI took
+            pass
