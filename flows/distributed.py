@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Iterable
 
 from tqdm.auto import tqdm
 
@@ -46,34 +47,55 @@ def _train_one(cfg_dict: dict, variant: Variant, callback: StepCallback | None) 
     return run_stage(from_dict(cfg_dict), "train", variant, callback=callback)
 
 
-def train_variants(cfg: Config, variants: list[Variant],
-                   callbacks: dict[str, StepCallback | None]) -> dict[str, dict | BaseException]:
-    """Train each model as its own Ray work; results keyed by variant name. A model that fails (e.g. diverges)
-    is reported as its exception and does not stop the others."""
+def start_training(cfg: Config, variants: list[Variant],
+                   callbacks: dict[str, StepCallback | None]) -> dict[str, object]:
+    """Start each model's training as its own Ray work, side by side; returns what ``wait_for`` takes, by variant
+    name. With ``train.num_workers > 1`` each model is a Ray Train (DDP) run, started when waited for."""
     import ray
 
     init_ray()
     if cfg.train.num_workers > 1:
-        return {v.name: _capture(lambda v=v: train_ddp(cfg, v, callbacks.get(v.name))) for v in variants}
-    gpus = gpus_per_task(cfg)
-    remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus, max_retries=0)
-    pending = {remote.remote(cfg.to_dict(), v, callbacks.get(v.name)): v for v in variants}
-    results: dict[str, dict | BaseException] = {}
-    with tqdm(total=len(pending), desc=f"training {len(pending)} models (Ray)") as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            variant = pending.pop(done[0])
-            results[variant.name] = _capture(lambda: ray.get(done[0]))
-            bar.set_postfix_str(variant.name)
-            bar.update()
-    return results
+        return {v.name: partial(train_ddp, cfg, v, callbacks.get(v.name)) for v in variants}
+    remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg),
+                                            max_retries=0)
+    return {v.name: remote.remote(cfg.to_dict(), v, callbacks.get(v.name)) for v in variants}
 
 
-def _capture(call: Callable[[], dict]) -> dict | BaseException:
+def wait_for(pending) -> dict:
+    """The training record, or the exception that stopped the training (not Ray's wrapper around it)."""
+    import ray
+
     try:
-        return call()
-    except Exception as err:  # noqa: BLE001 - reported per model by the caller
-        return getattr(err, "cause", None) or err
+        return pending() if callable(pending) else ray.get(pending)
+    except ray.exceptions.RayTaskError as err:
+        raise (err.cause or err) from None
+
+
+def cancel(pending: Iterable) -> None:
+    """Stop trainings still going (their checkpoints stay, for a resume)."""
+    import ray
+
+    for work in pending:
+        if isinstance(work, ray.ObjectRef):
+            ray.cancel(work, force=True)
+
+
+def train_variants(cfg: Config, variants: list[Variant],
+                   callbacks: dict[str, StepCallback | None]) -> dict[str, dict | BaseException]:
+    """Train each model side by side and wait for all; results keyed by variant name. A model that fails (e.g.
+    diverges) is reported as its exception and does not stop the others."""
+    pending = start_training(cfg, variants, callbacks)
+    results: dict[str, dict | BaseException] = {}
+    try:
+        for name, work in tqdm(pending.items(), desc=f"training {len(pending)} models (Ray)"):
+            try:
+                results[name] = wait_for(work)
+            except Exception as err:  # noqa: BLE001 - reported per model by the caller
+                results[name] = err
+    except BaseException:
+        cancel(pending.values())
+        raise
+    return results
 
 
 def _ddp_loop(config: dict) -> None:

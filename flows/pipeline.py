@@ -17,17 +17,35 @@ from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.states import Failed
 
 from flows import tracking
 from flows.project import StaleStages, prepare_experiment, project_lock
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config
 from tasks.config import Config, Variant
-from tasks.io import read_json
-from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, train_dir
+from tasks.data import load_manifest
+from tasks.io import read_json, write_json
+from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, state_dir, train_dir
 
 
-@task(name="stage", retries=1, retry_delay_seconds=2, cache_policy=NONE, task_run_name="{stage}")
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry what may pass a second time (a busy store, a lost worker), never a mistake in the data or config."""
+    try:
+        state.result()
+    except USER_ERRORS:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
+# Deterministic failures: the same input fails the same way, so a retry only doubles the noise.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError)
+RETRIED = dict(retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error, cache_policy=NONE)
+
+
+@task(name="stage", task_run_name="{stage}", **RETRIED)
 def stage_task(cfg: Config, stage: str, parent_run_id: str, item: Item = None) -> dict:
     with tracking.child_run(parent_run_id, STAGES[stage].dvc_name(item), params=stage_params(cfg, stage)) as run_id:
         record = run_stage(cfg, stage, item, callback=tracking.MetricLogger(mlflow_uri(), run_id))
@@ -35,29 +53,25 @@ def stage_task(cfg: Config, stage: str, parent_run_id: str, item: Item = None) -
     return record
 
 
-@task(name="train-all", cache_policy=NONE)
-def train_task(cfg: Config, variants: list[Variant], run_ids: dict[str, str]) -> dict:
-    from flows.distributed import train_variants
+@task(name="train", task_run_name="train-{variant.name}", cache_policy=NONE)
+def train_task(cfg: Config, variant: Variant, pending, run_id: str) -> dict:
+    """One model's training, as its own task so each model's state shows in Prefect: ``pending`` is its Ray
+    work, already running side by side with the others."""
+    from flows.distributed import wait_for
 
-    uri = mlflow_uri()
-    callbacks = {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in variants}
-    results = train_variants(cfg, variants, callbacks)
-    for variant in variants:
-        if isinstance(result := results[variant.name], dict):
-            tracking.log_stage_outputs(run_ids[variant.name], result, stage_pictures(cfg, "train", variant))
-    return results
+    record = wait_for(pending)
+    tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "train", variant))
+    return record
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=2, cache_policy=NONE,
-      task_run_name="evaluate-{variant.name}")
+@task(name="evaluate", task_run_name="evaluate-{variant.name}", **RETRIED)
 def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
     record = run_stage(cfg, "evaluate", variant)
     tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "evaluate", variant))
     return record
 
 
-@task(name="register", retries=2, retry_delay_seconds=2, cache_policy=NONE,
-      task_run_name="register-{variant.name}")
+@task(name="register", task_run_name="register-{variant.name}", **RETRIED)
 def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dict:
     metrics = read_json(eval_dir(cfg, variant) / "record.json")
     registered = tracking.register_model(train_dir(cfg, variant) / MODEL_FILE, dataset=dataset_name(cfg),
@@ -76,26 +90,37 @@ def lineage_hashes(cfg: Config) -> dict:
     """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder."""
     import yaml
 
-    from tasks.data import load_manifest
-
     lock = cfg.work / "dvc.lock"
     outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("ingest", {}).get("outs", []) if lock.exists() else []
     return {"data_content_hash": load_manifest(data_dir(cfg))["content_hash"],
             "dvc_data_md5": outs[0].get("md5", "") if outs else ""}
 
 
+def _resume_file(cfg: Config, variant: Variant) -> Path:
+    """Where a model's MLflow run id waits while its training may still be resumed after a kill."""
+    return state_dir(cfg) / "runs" / f"{variant.name}.json"
+
+
 @contextmanager
-def variant_runs(parent_id: str, cfg: Config, tags: dict) -> Iterator[dict[str, str]]:
+def variant_runs(parent_id: str, cfg: Config, variants: list[Variant], tags: dict) -> Iterator[dict[str, str]]:
     """One MLflow child run per model (training curves, evaluation, registered model), keyed by variant name and
-    open together so Ray workers can log into them concurrently."""
+    open together so Ray workers can log into them concurrently. A model whose training was killed gets its
+    unfinished run back, so its loss curve is whole after the resume."""
     with ExitStack() as stack:
-        yield {v.name: stack.enter_context(tracking.child_run(
-                   parent_id, v.label,
-                   params={**stage_params(cfg, "train", "evaluate"),
-                           "noise": {v.distribution: cfg.diffusion.distributions[v.distribution]},
-                           "transform": v.transform},
-                   tags={**tags, "distribution": v.distribution, "transform": v.transform}))
-               for v in cfg.variants()}
+        run_ids = {}
+        for v in variants:
+            resume_file = _resume_file(cfg, v)
+            resumed = tracking.unfinished_run(read_json(resume_file)["run_id"] if resume_file.exists() else None)
+            run_ids[v.name] = stack.enter_context(tracking.child_run(
+                parent_id, v.label, resume_run_id=resumed,
+                params={**stage_params(cfg, "train", "evaluate"),
+                        "noise": {v.distribution: cfg.diffusion.distributions[v.distribution]},
+                        "transform": v.transform},
+                tags={**tags, "distribution": v.distribution, "transform": v.transform}))
+            write_json(resume_file, {"run_id": run_ids[v.name]})
+        yield run_ids
+        for v in variants:  # finished: nothing left to resume into
+            _resume_file(cfg, v).unlink(missing_ok=True)
 
 
 def dataset_name(cfg: Config) -> str:
@@ -107,13 +132,17 @@ def dataset_name(cfg: Config) -> str:
 
 @flow(name="logdiff-pipeline", log_prints=True)
 def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_dir: str = ".",
-             force: bool = False) -> dict:
-    """Run every stale stage of the pipeline for ``preset`` + ``overrides`` in ``project_dir``."""
-    logger = get_run_logger()
+             force: bool = False):
+    """Run every stale stage of the pipeline for ``preset`` + ``overrides`` in ``project_dir``. Ends Failed (with
+    the summary as its data) when a model failed."""
     project = Path(project_dir).resolve()
     cfg = config.load(preset, overrides or [])
     with project_lock(project):
-        return _run_stale_stages(cfg, preset, project, force, logger)
+        summary = _run_stale_stages(cfg, preset, project, force, get_run_logger())
+    failed = [name for name, info in summary["models"].items() if "error" in info]
+    if failed:
+        return Failed(message=f"{len(failed)} model(s) failed: {', '.join(failed)}", data=summary)
+    return summary
 
 
 def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logger) -> dict:
@@ -121,49 +150,98 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logg
     run_cfg = replace(cfg, workdir=str(prepare_experiment(project, cfg)))
     variants = cfg.variants()
     stale = StaleStages(run_cfg.work, stage_names(cfg), force)
+    summary: dict = {"experiment": str(run_cfg.work), "stages_run": [], "models": {}}
+    report_file = report_dir(run_cfg) / "report.md"
+    tracking.use_store(project)
+    if not stale.stale and (registered := _all_registered(run_cfg)):
+        logger.info("every stage is up to date and every model registered: nothing to run, nothing to log")
+        return {**summary, "models": registered, "best": tracking.best_uri([i["name"] for i in registered.values()]),
+                "report": str(report_file) if report_file.exists() else None}
     logger.info("stale stages: %s", ", ".join(n for n in stage_names(cfg) if n in stale.stale) or "none")
+    tracking.setup(cfg.name, project)
+    for orphan in tracking.close_orphans(cfg.name):
+        logger.warning("MLflow run %s belonged to a run that was killed: marked KILLED", orphan)
 
     lineage = {"git_commit": tracking.git_commit(project), "prefect_flow_run_id": _flow_run_id(),
                "preset": preset}
-    summary: dict = {"stages_run": [], "models": {}}
 
-    def ran(name: str) -> None:
+    def run_if_stale(stage: str, item: Item, run) -> bool:
+        if (name := STAGES[stage].dvc_name(item)) not in stale:
+            return False
+        run()
         stale.ran(name)
         summary["stages_run"].append(name)
-
-    def run_if_stale(stage: str, item: Item, run) -> None:
-        if (name := STAGES[stage].dvc_name(item)) in stale:
-            run()
-            ran(name)
+        return True
 
     with tracking.start_parent_run(cfg, project, tags=lineage) as parent_id:
-        for stage in ("ingest", "autoencoder", "encode"):
-            for item in STAGES[stage].items(cfg):
-                run_if_stale(stage, item, lambda: stage_task(run_cfg, stage, parent_id, item))
+        for stage in (s for s in STAGES.values() if s.fan_out != "variant" and s.name != "report"):
+            for item in stage.items(cfg):
+                run_if_stale(stage.name, item, lambda: stage_task(run_cfg, stage.name, parent_id, item))
         lineage.update(lineage_hashes(run_cfg))
-        with variant_runs(parent_id, cfg, lineage) as run_ids:
-            to_train = [v for v in variants if STAGES["train"].dvc_name(v) in stale]
-            if to_train:  # one call, so Ray trains them side by side
-                results = train_task(run_cfg, to_train, run_ids)
-                for v in to_train:
-                    if isinstance(result := results[v.name], dict):
-                        ran(STAGES["train"].dvc_name(v))
-                    else:
-                        failure = f"training failed: {type(result).__name__}: {result}"
-                        summary["models"][v.label] = {"error": failure}
-                        logger.error("%s: %s", v.label, failure)
+        manifest = load_manifest(data_dir(run_cfg))
+        with variant_runs(parent_id, run_cfg, variants, lineage) as run_ids:
+            tracking.log_dataset([parent_id, *run_ids.values()], manifest)
+            _train_stale(run_cfg, variants, run_ids, stale, summary, logger)
             for v in variants:
                 if "error" in summary["models"].get(v.label, {}):
                     continue
                 run_if_stale("evaluate", v, lambda: evaluate_task(run_cfg, v, run_ids[v.name]))
                 summary["models"][v.label] = register_task(run_cfg, v, run_ids[v.name], lineage)
+        registered = [info["name"] for info in summary["models"].values() if "name" in info]
+        summary["best"] = tracking.promote_best(dataset_name(cfg), registered) if registered else None
         if any("error" not in info for info in summary["models"].values()):
-            run_if_stale("report", None, lambda: stage_task(run_cfg, "report", parent_id))
-            if "report" in summary["stages_run"]:
+            if run_if_stale("report", None, lambda: stage_task(run_cfg, "report", parent_id)):
                 tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
-        report_file = report_dir(run_cfg) / "report.md"
+                _report_artifact(cfg, report_file)
         summary["report"] = str(report_file) if report_file.exists() else None
+        if any("error" in info for info in summary["models"].values()):
+            raise tracking.RunFailed  # the pipeline run ends FAILED too
     return summary
+
+
+def _all_registered(cfg: Config) -> dict | None:
+    """Every model's registry entry (what registering it again would return), or None if one is not registered."""
+    found = {v.label: tracking.registered_version(train_dir(cfg, v) / MODEL_FILE, dataset_name(cfg), v)
+             for v in cfg.variants()}
+    return found if all(found.values()) else None
+
+
+def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], stale: StaleStages, summary: dict,
+                 logger) -> None:
+    """Start every stale model's training at once (Ray runs them side by side), then wait for each in a task of
+    its own. A model that fails is recorded, in the summary and as a FAILED MLflow run, and the others go on."""
+    from flows.distributed import cancel, start_training
+
+    to_train = [v for v in variants if STAGES["train"].dvc_name(v) in stale]
+    if not to_train:
+        return
+    uri = mlflow_uri()
+    pending = start_training(cfg, to_train, {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in to_train})
+    try:
+        futures = {v: train_task.submit(cfg, v, pending[v.name], run_ids[v.name]) for v in to_train}
+        for v, future in futures.items():
+            state = future.wait() or future.state
+            if state.is_completed():
+                stale.ran(STAGES["train"].dvc_name(v))
+                summary["stages_run"].append(STAGES["train"].dvc_name(v))
+                continue
+            error = future.result(raise_on_failure=False)
+            failure = f"training failed: {type(error).__name__}: {error}"
+            summary["models"][v.label] = {"error": failure}
+            logger.error("%s: %s", v.label, failure)
+            tracking.mark_failed(run_ids[v.name], failure)
+    except BaseException:  # Ctrl-C included: stop the training that is still going, keep its checkpoints
+        cancel(pending.values())
+        raise
+
+
+def _report_artifact(cfg: Config, report_file: Path) -> None:
+    """The comparison report as a Prefect markdown artifact, beside the flow run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "".join(c if c.isalnum() else "-" for c in f"logdiff-report-{cfg.name}".lower())
+    create_markdown_artifact(markdown=report_file.read_text(), key=key,
+                             description=f"LogDiff comparison report of experiment {cfg.name}")
 
 
 def _flow_run_id() -> str:
@@ -173,9 +251,13 @@ def _flow_run_id() -> str:
 
 
 def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False) -> dict:
+    """Run the flow; its summary (also when a model failed, which the summary says)."""
     config.load(preset, overrides)  # a config mistake is a one-line error before Prefect starts
     with project_lock(Path(project_dir)):  # and so is a busy project; the flow re-enters the lock
-        return pipeline(preset, list(overrides), str(project_dir), force)
+        state = pipeline(preset, list(overrides), str(project_dir), force, return_state=True)
+    if state.is_failed() and isinstance(data := state.result(raise_on_failure=False), dict):
+        return data
+    return state.result()
 
 
 def print_summary(summary: dict) -> None:

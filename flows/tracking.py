@@ -12,9 +12,11 @@ suffixed with the transform unless it is identity (``ngldm-wine-laplace-log``). 
 """
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -30,21 +32,22 @@ import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import Model, ModelSignature  # noqa: E402
-from mlflow.types import ColSpec, Schema  # noqa: E402
+from mlflow.types import ColSpec, Schema, TensorSpec  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID  # noqa: E402
 from mlflow.utils.time import get_current_time_millis  # noqa: E402
 
 from tasks.config import Config, Variant  # noqa: E402
-from tasks.io import sha256_file  # noqa: E402
+from tasks.io import read_safetensors_settings, sha256_file  # noqa: E402
 from tasks.sample import TrainedModel, load_trained  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+CHAMPION = "champion"  # per registered model (one per distribution x transform): its best version
+BEST = "best"  # across the registered models of one dataset: the best champion
 MODEL_NAME = "model"  # the logged model's name inside its run
 # Explicit requirements: inferring them loads the model in a subprocess (~8 s) and lists unrelated packages.
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "logdiff"]
@@ -147,17 +150,83 @@ def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
     client.log_batch(run_id, params=[Param(key, str(value)) for key, value in flatten(params).items()])
 
 
+# Tags that say which process a run belongs to, so a later run can tell a live run from one whose process died.
+PID_TAG, HOST_TAG = "logdiff.pid", "logdiff.host"
+
+
+class RunFailed(Exception):
+    """Raised inside a run's block to end the run FAILED without an exception escaping to the caller."""
+
+
 @contextmanager
-def _run(experiment_id: str, name: str, tags: dict) -> Iterator[str]:
-    """A run that ends FINISHED, or FAILED if the block raises (the exception propagates)."""
+def _run(experiment_id: str, name: str, tags: dict, run_id: str | None = None) -> Iterator[str]:
+    """A run that ends FINISHED; FAILED if the block raises (the exception propagates, except ``RunFailed``);
+    KILLED on Ctrl-C. ``run_id`` reopens an unfinished run instead of creating one (a resumed training)."""
     client = MlflowClient()
-    run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    tags = {**{k: str(v) for k, v in tags.items()}, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
     status = RunStatus.FAILED
     try:
         yield run_id
-        status = RunStatus.FINISHED
+        if ERROR_TAG not in client.get_run(run_id).data.tags:  # see mark_failed
+            status = RunStatus.FINISHED
+    except RunFailed:
+        pass
+    except KeyboardInterrupt:
+        status = RunStatus.KILLED
+        raise
     finally:
         client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+ERROR_TAG = "logdiff.error"
+
+
+def mark_failed(run_id: str, error: str) -> None:
+    """Record why the work of an open run failed; the run then ends FAILED, not FINISHED."""
+    MlflowClient().set_tag(run_id, ERROR_TAG, error[:5000])
+
+
+def close_orphans(experiment_name: str) -> list[str]:
+    """Mark KILLED the runs of ``experiment_name`` still RUNNING whose process on this host is gone (killed
+    outright, so nobody ended them); returns their ids."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    host, orphans = socket.gethostname(), []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get(PID_TAG)
+        if run.data.tags.get(HOST_TAG) == host and pid and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            orphans.append(run.info.run_id)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def unfinished_run(run_id: str | None) -> str | None:
+    """``run_id`` if that run exists and did not finish (a training to resume into), else None."""
+    if not run_id:
+        return None
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.status != "FINISHED" else None
 
 
 @contextmanager
@@ -174,20 +243,36 @@ def start_parent_run(cfg: Config, project_dir: str | Path, tags: dict) -> Iterat
 
 
 @contextmanager
-def child_run(parent_run_id: str, name: str, params: dict | None = None,
-              tags: dict | None = None) -> Iterator[str]:
-    """A stage or distribution run nested under ``parent_run_id`` (same experiment)."""
+def child_run(parent_run_id: str, name: str, params: dict | None = None, tags: dict | None = None,
+              resume_run_id: str | None = None) -> Iterator[str]:
+    """A stage or model run nested under ``parent_run_id`` (same experiment); ``resume_run_id`` reopens an
+    unfinished run of an earlier pipeline run, moved under this parent, so a resumed model keeps one curve."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    with _run(experiment_id, name, {MLFLOW_PARENT_RUN_ID: parent_run_id, **(tags or {})}) as run_id:
-        _log_params(client, run_id, params or {})
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, **(tags or {})}
+    with _run(experiment_id, name, tags, run_id=resume_run_id) as run_id:
+        if resume_run_id is None:
+            _log_params(client, run_id, params or {})
         yield run_id
 
 
-def log_stage_outputs(run_id: str, metrics: dict, artifacts: Iterable[str | Path] = ()) -> None:
-    """A stage's result: its numbers (nested dicts flattened; other values skipped) as metrics, and its files."""
+def log_dataset(run_ids: Iterable[str], manifest: dict, context: str = "training") -> None:
+    """Record the ingested dataset as the runs' input (MLflow's Dataset column), with its content hash as digest."""
+    dataset = Dataset(name=f"{manifest['source']}", digest=manifest["content_hash"][:16], source_type="logdiff",
+                      source=json.dumps({"source": manifest["source"], "path": manifest.get("path")}),
+                      profile=json.dumps({"counts": manifest["counts"], "shape": manifest["shape"]}))
+    for run_id in run_ids:
+        MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+
+def log_stage_outputs(run_id: str, record: dict, artifacts: Iterable[str | Path] = ()) -> None:
+    """A stage's result and its files. Measurements (floats) become metrics; counts, names and flags (parameter
+    counts, sample sizes, the metric a champion is chosen by) become tags, not one-point metric charts."""
     client = MlflowClient()
-    client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+    flat = flatten(record)
+    client.log_batch(run_id, metrics=_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, step=0),
+                     tags=[RunTag(k, str(v)) for k, v in flat.items()
+                           if isinstance(v, (int, str, bool)) and not isinstance(v, float)])
     for path in artifacts:
         client.log_artifact(run_id, str(path))
 
@@ -229,8 +314,9 @@ def registered_name(dataset: str, variant: Variant) -> str:
 
 
 def _version_with_sha(client: MlflowClient, name: str, sha: str) -> ModelVersion | None:
+    """The oldest version of ``name`` registered from a file with this sha256."""
     found = client.search_model_versions(f"name = '{name}' and tags.model_sha256 = '{sha}'")
-    return found[0] if found else None
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _log_and_register(client: MlflowClient, model_path: Path, name: str, run_id: str, tags: dict) -> ModelVersion:
@@ -240,10 +326,31 @@ def _log_and_register(client: MlflowClient, model_path: Path, name: str, run_id:
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     # Model.log rather than pyfunc.log_model: only it takes a run_id (artifact_path: deprecated, without default).
     info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, loader_module=__name__,
-                     data_path=str(model_path), signature=ModelSignature(inputs=INPUT_SCHEMA),
+                     data_path=str(model_path),
+                     signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=output_schema(model_path)),
                      input_example=INPUT_EXAMPLE, pip_requirements=PIP_REQUIREMENTS, run_id=run_id,
                      model_id=logged.model_id)
-    return mlflow.register_model(info.model_uri, name, tags=tags)
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=(
+            f"LogDiff latent diffusion model with {tags['distribution']} forward noise (mean 0, variance 1) under "
+            f"the {tags['transform']} transform, trained on {tags['dataset']}. Alias '{CHAMPION}': the version with "
+            f"the lowest {tags['champion_metric']} (lower is better); '{BEST}' marks the best model across noise "
+            f"distributions. Sample: logdiff sample --model models:/{name}@{CHAMPION} -n 64 -o samples.png"))
+    return version
+
+
+def output_schema(model_path: str | Path) -> Schema:
+    """What ``predict`` returns for this model: a uint8 [C, H, W] image per row, or one float column per feature."""
+    settings = read_safetensors_settings(model_path, "diffusion model")
+    codec = settings["codec"]
+    if codec["kind"] == "image":
+        shape = list(codec["latent_shape"])
+        if codec["autoencoder"] is not None:  # latents are the image downsampled, with the latent channels
+            factor = codec["autoencoder"]["downsample"]
+            shape = [codec["autoencoder"]["in_channels"], shape[1] * factor, shape[2] * factor]
+        return Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "image")])
+    return Schema([ColSpec("double", f"x{i}") for i in range(codec["latent_shape"][0])])
 
 
 def _promote_if_better(client: MlflowClient, name: str, version: ModelVersion) -> int:
@@ -262,13 +369,36 @@ def _promote_if_better(client: MlflowClient, name: str, version: ModelVersion) -
     return int(version.version)
 
 
+def _summary(client: MlflowClient, name: str, version: ModelVersion) -> dict:
+    champion = client.get_registered_model(name).aliases.get(CHAMPION)
+    champion_version = int(champion) if champion is not None else None
+    return {"name": name, "version": int(version.version), "champion": champion_version == int(version.version),
+            "champion_version": champion_version, "score": float(version.tags["score"]),
+            "metric": version.tags["champion_metric"]}
+
+
+def registered_version(model_path: str | Path, dataset: str, variant: Variant) -> dict | None:
+    """What ``register_model`` would return for this file, if it is registered already; None otherwise."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        return None
+    client = MlflowClient()
+    name = registered_name(dataset, variant)
+    try:
+        version = _version_with_sha(client, name, sha256_file(model_path))
+    except MlflowException:  # no such registered model
+        return None
+    return None if version is None else _summary(client, name, version)
+
+
 def register_model(model_path: str | Path, *, dataset: str, variant: Variant, run_id: str, score: float,
                    metric: str, tags: dict) -> dict:
     """Register a model file (logged as a pyfunc in run ``run_id``) as a new version of
     ``ngldm-<dataset>-<label>``, tagged with its sha256, score and lineage ``tags``.
 
-    A file already registered (same sha256) returns its existing version, so reruns are idempotent. ``champion``
-    moves to the version only when its score is lower than the champion's. Call ``setup`` first.
+    A file already registered (same sha256) returns its existing version, so reruns are idempotent, also when two
+    runs register the same file at once (the later version is removed). ``champion`` moves to the version only
+    when its score is lower than the champion's. Call ``setup`` first.
     """
     client = MlflowClient()
     model_path = Path(model_path)
@@ -279,9 +409,43 @@ def register_model(model_path: str | Path, *, dataset: str, variant: Variant, ru
         version_tags = {**tags, "model_sha256": sha, "champion_metric": metric, "score": repr(float(score)),
                         "dataset": dataset, "distribution": variant.distribution, "transform": variant.transform}
         version = _log_and_register(client, model_path, name, run_id, version_tags)
+        client.update_model_version(name, version.version, description=(
+            f"{variant.distribution} noise, {variant.transform} transform, on {dataset}; {metric} = {score:.4g} "
+            "(lower is better)"))
+        first = _version_with_sha(client, name, sha)  # the oldest version of this file, should another run race us
+        if int(first.version) < int(version.version):
+            client.delete_model_version(name, version.version)
+            version = first
     champion_version = _promote_if_better(client, name, version)
     return {"name": name, "version": int(version.version), "champion": champion_version == int(version.version),
             "champion_version": champion_version, "score": float(version.tags["score"])}
+
+
+def best_uri(names: list[str]) -> str | None:
+    """``models:/<name>@best`` for the one among the registered models ``names`` that holds alias ``best``."""
+    client = MlflowClient()
+    return next((f"models:/{name}@{BEST}" for name in names if BEST in client.get_registered_model(name).aliases),
+                None)
+
+
+def promote_best(dataset: str, names: list[str]) -> str | None:
+    """Point alias ``best`` at the champion with the lowest score among the registered models ``names`` (all on
+    one metric), remove it from the others, and return the winner's ``models:/`` URI (None if not comparable)."""
+    client = MlflowClient()
+    champions = {}
+    for name in names:
+        aliases = client.get_registered_model(name).aliases
+        if CHAMPION in aliases:
+            champions[name] = client.get_model_version(name, aliases[CHAMPION])
+    if not champions or len({v.tags.get("champion_metric") for v in champions.values()}) != 1:
+        return None
+    winner = min(champions, key=lambda name: float(champions[name].tags["score"]))
+    for name in names:
+        if name == winner:
+            client.set_registered_model_alias(name, BEST, champions[name].version)
+        elif BEST in client.get_registered_model(name).aliases:
+            client.delete_registered_model_alias(name, BEST)
+    return f"models:/{winner}@{BEST}"
 
 
 def _check_registry_uri(client: MlflowClient, uri: str) -> None:

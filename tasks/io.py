@@ -157,6 +157,17 @@ def load_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tenso
     return tensors, settings
 
 
+def read_safetensors_settings(path: str | Path, what: str) -> dict:
+    """Only the settings of a ``save_safetensors`` file: its header, no tensors read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return json.loads((file.metadata() or {})[_METADATA_KEY])
+    except Exception:
+        raise ValueError(f"{path} is not a LogDiff {what} file (safetensors with LogDiff settings)") from None
+
+
 def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}{name}": tensor for name, tensor in tensors.items()}
 

@@ -67,7 +67,11 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
         info = summary["models"][distribution]
         assert info["version"] == 1 and info["champion"] and info["metric"] == "swd_mean"
         model = client.get_registered_model(f"ngldm-digits-{distribution}")
-        assert model.aliases == {"champion": 1}
+        assert model.aliases["champion"] == 1 and "lower is better" in model.description
+    winner = min(("gaussian", "student_t"), key=lambda d: summary["models"][d]["score"])
+    assert summary["best"] == f"models:/ngldm-digits-{winner}@best"  # across distributions, findable
+    assert [d for d in ("gaussian", "student_t")
+            if "best" in client.get_registered_model(f"ngldm-digits-{d}").aliases] == [winner]
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"pipeline", "ingest", "autoencoder", "encode@identity", "gaussian", "student_t", "report"} <= names
@@ -83,11 +87,16 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert {"report.md", "report.json", "scores.png", "samples.png"} <= logged
 
 
-def test_rerun_skips_everything(project):
+def test_rerun_skips_everything_and_logs_nothing(project):
     root, first = project
+    tracking.use_store(root)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("demo").experiment_id
+    runs_before = len(client.search_runs([experiment]))
     again = run_pipeline("demo", TINY, project_dir=str(root))
-    assert again["stages_run"] == []
+    assert again["stages_run"] == [] and again["best"] == first["best"]
     assert {d: i["version"] for d, i in again["models"].items()} == {"gaussian": 1, "student_t": 1}
+    assert len(client.search_runs([experiment])) == runs_before  # a no-op run adds no MLflow runs
 
 
 def test_another_experiment_has_its_own_folder_and_switching_back_retrains_nothing(project):

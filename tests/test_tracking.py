@@ -106,8 +106,8 @@ def test_parent_and_child_runs_record_config_metrics_tags_and_artifacts(project)
     with tracking.start_parent_run(cfg, project, {"dvc_data_hash": "d41d8", "prefect_flow_run_id": "fr-1"}) as parent:
         with tracking.child_run(parent, "evaluate-gaussian", params={"distribution": "gaussian"},
                                 tags={"stage": "evaluate"}) as child:
-            tracking.log_stage_outputs(child, {"distance": 0.25, "fid": {"value": 3}, "note": "text", "ok": True},
-                                       [picture])
+            tracking.log_stage_outputs(child, {"distance": 0.25, "fid": {"value": 3.5}, "parameters": 1200,
+                                               "note": "text", "ok": True}, [picture])
     client = MlflowClient()
     parent_run, child_run = client.get_run(parent), client.get_run(child)
     experiment = client.get_experiment(parent_run.info.experiment_id)
@@ -120,7 +120,9 @@ def test_parent_and_child_runs_record_config_metrics_tags_and_artifacts(project)
     assert child_run.data.tags["mlflow.parentRunId"] == parent and child_run.data.tags["stage"] == "evaluate"
     assert child_run.info.experiment_id == parent_run.info.experiment_id
     assert child_run.data.params == {"distribution": "gaussian"}
-    assert child_run.data.metrics == {"distance": 0.25, "fid.value": 3.0}
+    assert child_run.data.metrics == {"distance": 0.25, "fid.value": 3.5}  # measurements: metrics
+    assert {k: child_run.data.tags[k] for k in ("parameters", "note", "ok")} == {  # counts, names: tags
+        "parameters": "1200", "note": "text", "ok": "True"}
     assert [f.path for f in client.list_artifacts(child)] == ["samples.png"]
     assert parent_run.info.status == child_run.info.status == "FINISHED"
 
