@@ -19,11 +19,6 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.T
     return _per_sample(schedule.sqrt_abar, t, x0) * x0 + _per_sample(schedule.sqrt_one_minus_abar, t, x0) * eps
 
 
-def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The denoising-trajectory point ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
-    return (x_t - _per_sample(schedule.sqrt_one_minus_abar, t, x_t) * eps) / _per_sample(schedule.sqrt_abar, t, x_t)
-
-
 class EpsPreconditioner(nn.Module):
     """``eps(x_t, t) = c_skip(t) x_t + c_out(t) F(x_t, t)``: preconditioning kept apart from the backbone ``F``
     (as in EDM), here for epsilon-prediction.

@@ -7,6 +7,8 @@ training, every sampler, the config validation and the CLI pick it up from the r
 from __future__ import annotations
 
 import math
+import numbers
+
 import torch
 
 EULER_GAMMA = 0.5772156649015329
@@ -44,6 +46,12 @@ def _uniform_open(shape, generator, device, dtype) -> torch.Tensor:
 
 def standard_gamma(alpha: float, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
     """Gamma(alpha, 1) draws from ``generator`` (Marsaglia-Tsang), since torch's gamma takes no generator."""
+    return log_standard_gamma(alpha, shape, generator, device).exp().to(dtype or torch.get_default_dtype())
+
+
+def log_standard_gamma(alpha: float, shape, generator=None, device=None) -> torch.Tensor:
+    """log of Gamma(alpha, 1) draws, in float64. In log space a small alpha cannot underflow: Gamma(0.001) draws
+    are mostly below float64's smallest number, their logs are not."""
     boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
     a = alpha + 1 if boost else alpha
     d = a - 1 / 3
@@ -60,9 +68,18 @@ def standard_gamma(alpha: float, shape, generator=None, device=None, dtype=None)
         accepted = (d * v)[ok][: n - filled]
         out[filled : filled + accepted.numel()] = accepted
         filled += accepted.numel()
+    log_out = out.log()
     if boost:
-        out = out * _uniform_open((n,), generator, device, torch.float64) ** (1 / alpha)
-    return out.reshape(shape).to(dtype or torch.get_default_dtype())
+        log_out = log_out + _uniform_open((n,), generator, device, torch.float64).log() / alpha
+    return log_out.reshape(shape)
+
+
+def _real_parameter(distribution: str, name: str, value, above: float, why: str = "") -> float:
+    """``value`` as a float if it is a finite real number (numpy scalars included) above ``above``; else a
+    one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not value > above:
+        raise ValueError(f"{distribution} needs a finite {name} > {above:g}{why}; got {name}={value!r}")
+    return float(value)
 
 
 class NoiseDistribution:
@@ -79,7 +96,10 @@ class NoiseDistribution:
         dtype = dtype or torch.get_default_dtype()
         if device is None and generator is not None:
             device = generator.device
-        return self._draw(shape, generator, device, dtype)
+        # Inverse-CDF arithmetic (log of a uniform near 0 or 1) overflows in half precision: draw in float32 at
+        # least, then cast.
+        working = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        return self._draw(shape, generator, device, working).to(dtype)
 
     def sample_like(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.sample(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -157,10 +177,8 @@ class StudentT(NoiseDistribution):
     defaults = {"nu": 5.0}
 
     def __init__(self, nu: float):
-        if not isinstance(nu, (int, float)) or not nu > 2:
-            raise ValueError(f"student_t needs nu > 2 for a finite variance; got nu={nu!r}")
-        super().__init__(nu=float(nu))
-        self.nu = float(nu)
+        self.nu = _real_parameter(self.name, "nu", nu, 2, " (a finite variance)")
+        super().__init__(nu=self.nu)
 
     @property
     def excess_kurtosis(self) -> float:
@@ -181,10 +199,8 @@ class GeneralizedGaussian(NoiseDistribution):
     defaults = {"beta": 1.5}
 
     def __init__(self, beta: float):
-        if not isinstance(beta, (int, float)) or not beta > 0:
-            raise ValueError(f"generalized_gaussian needs beta > 0; got beta={beta!r}")
-        super().__init__(beta=float(beta))
-        self.beta = float(beta)
+        self.beta = _real_parameter(self.name, "beta", beta, 0)
+        super().__init__(beta=self.beta)
 
     @property
     def excess_kurtosis(self) -> float:
@@ -192,9 +208,9 @@ class GeneralizedGaussian(NoiseDistribution):
         return math.exp(lg(5 / self.beta) + lg(1 / self.beta) - 2 * lg(3 / self.beta)) - 3
 
     def _draw(self, shape, generator, device, dtype):
-        g = standard_gamma(1 / self.beta, shape, generator, device, torch.float64)
+        log_g = log_standard_gamma(1 / self.beta, shape, generator, device)
         sign = torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, -1.0, 1.0)
-        x = sign.to(torch.float64) * g ** (1 / self.beta)
+        x = sign.to(torch.float64) * torch.exp(log_g / self.beta)  # g ** (1 / beta), without underflow
         scale = math.exp(0.5 * (math.lgamma(3 / self.beta) - math.lgamma(1 / self.beta)))
         return (x / scale).to(dtype)
 

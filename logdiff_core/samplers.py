@@ -106,9 +106,12 @@ def langevin_correct(ctx: StepContext, x, t, n_steps: int, snr: float):
 
 
 def timestep_grid(timesteps: int, steps: int) -> list[int]:
-    """``steps`` distinct timesteps from T-1 down to 0, evenly spaced."""
+    """``steps`` distinct timesteps from T-1 down to 0, evenly spaced; a single step starts from pure noise at
+    T-1 (and jumps to clean data), never from t = 0, where it would return x_T unchanged."""
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in 1..{timesteps} (the schedule's T), got {steps}")
+    if steps == 1:
+        return [timesteps - 1]
     grid = np.unique(np.round(np.linspace(0, timesteps - 1, steps)).astype(int))[::-1]
     return [int(t) for t in grid]
 

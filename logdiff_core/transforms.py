@@ -5,6 +5,8 @@ transform the model was trained with.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -37,8 +39,10 @@ class IdentityTransform(Transform):
 class LogTransform(Transform):
     """``y = (log(x + floor) - mu) / sigma`` with per-feature ``mu, sigma`` fitted over the batch dimension.
 
-    With ``floor = 0`` every inverse is strictly positive: the log value is clamped to the dtype's finite range
-    before ``exp``, so even a diverged sample maps to a tiny or huge positive number, never to 0 or inf.
+    With ``floor = 0`` every inverse is strictly positive and finite: the log value is clamped to the output
+    dtype's range before ``exp``, so even a diverged latent (or +-inf) maps to a tiny or huge positive number,
+    never to 0 or inf. A NaN latent stays NaN: it is a diverged sample, not a value, and the array metrics count it
+    as non-positive (``metrics.fraction_non_positive``) and leave its row out of the distances.
     """
 
     name = "log"
@@ -57,7 +61,7 @@ class LogTransform(Transform):
             low = float(finite.min()) if finite.numel() else float("nan")
             raise ValueError(
                 f"log transform needs finite x > -floor ({-self.floor:g}); {n_bad} of {x.numel()} values are not "
-                f"(minimum {low:g}). Use diffusion.transform=identity or raise diffusion.log_floor")
+                f"(minimum {low:g}). Use diffusion.transforms=[identity] or raise diffusion.log_floor")
         return torch.log(x + self.floor)
 
     def fit(self, x):
@@ -77,9 +81,9 @@ class LogTransform(Transform):
 
     def inverse(self, y):
         self._check_fitted()
-        info = torch.finfo(y.dtype)
+        info = torch.finfo(y.dtype)  # bounds as Python floats: a float32 tensor of float64's tiny would be 0
         log_x = (y.double() * self.sigma.to(y.device) + self.mu.to(y.device))
-        log_x = log_x.clamp(min=torch.log(torch.tensor(info.tiny)).item() + 1, max=torch.log(torch.tensor(info.max)).item() - 1)
+        log_x = log_x.clamp(min=math.log(info.tiny) + 1, max=math.log(info.max) - 1)
         return (torch.exp(log_x) - self.floor).to(y.dtype)
 
     def state_dict(self):

@@ -1,8 +1,8 @@
 """Encoding: data -> the diffusion space (autoencoder latents, or transformed data) at unit scale.
 
-Latents are scaled by 1/std as latent diffusion does; array data is standardised per feature after its
-transform (identity or LogDiff's log). One folder per transform, ``latents/<transform>/``, holding ``train.npy``,
-``val.npy``, ``codec.safetensors`` and ``manifest.json``.
+Image latents are centred per channel and scaled by one 1/std factor (latent diffusion's scale factor); array
+data is standardised per feature after its transform (identity or LogDiff's log). One folder per transform,
+``latents/<transform>/``, holding ``train.npy``, ``val.npy``, ``codec.safetensors`` and ``manifest.json``.
 """
 from __future__ import annotations
 
@@ -34,8 +34,11 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
     device = resolve_device(cfg.train.device)
     codec = Codec(train.kind, transform, autoencoder, torch.zeros(()), torch.ones(()), ())
     raw = codec.to_model_input(train.values, device=device).float()
-    if train.kind == "image":  # one global factor, as latent diffusion's scale_factor
-        codec.shift, codec.scale = torch.zeros(()), 1 / raw.std()
+    if train.kind == "image":
+        # centred per channel, then one global factor as latent diffusion's scale_factor: the preconditioner's
+        # c_skip is the best linear noise estimate only for zero-mean data
+        codec.shift = raw.mean(dim=(0, *range(2, raw.dim())), keepdim=True)[0]
+        codec.scale = 1 / (raw - codec.shift).std()
     else:
         std = raw.std(0)
         codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))

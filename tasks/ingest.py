@@ -176,7 +176,7 @@ def _cifar10(data: DataConfig, scratch: Path) -> _Source:
     # torchvision reads only the extracted batches unless it downloads, so a bare tarball is extracted here
     if not (root / "cifar-10-batches-py").is_dir() and tarball.is_file():
         with tarfile.open(tarball) as tar:
-            tar.extractall(scratch, filter="data")
+            safe_extract(tar, scratch)
         root_used = scratch
     else:
         root_used = root
@@ -191,6 +191,23 @@ def _cifar10(data: DataConfig, scratch: Path) -> _Source:
     images = np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2))
     return _Source("image", _conform(images, data), np.asarray(dataset.targets, np.int64),
                    path=data.path or CIFAR_DEFAULT_ROOT, class_names=list(dataset.classes))
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract ``tar`` into ``dest``, refusing (one-line ValueError, nothing extracted) any member that would land
+    outside it: absolute paths, ``..``, links, devices. Python's ``filter="data"`` does this where it exists
+    (3.10.12+, 3.11.4+); older Pythons get the same check here."""
+    if hasattr(tarfile, "data_filter"):
+        try:
+            tar.extractall(dest, filter="data")
+        except tarfile.FilterError as err:
+            raise ValueError(f"data.path: {tar.name} holds an unsafe member ({err}); refusing to extract it") from None
+        return
+    root = dest.resolve()
+    for member in tar.getmembers():
+        if not (root / member.name).resolve().is_relative_to(root) or not (member.isfile() or member.isdir()):
+            raise ValueError(f"data.path: {tar.name} holds an unsafe member {member.name!r}; refusing to extract it")
+    tar.extractall(dest)
 
 
 def _is_image(name: PurePosixPath) -> bool:

@@ -288,3 +288,33 @@ def test_pixel_float_conversions() -> None:
     assert floats.dtype == torch.float32 and floats.min() == -1 and floats.max() == 1
     np.testing.assert_array_equal(float_to_images(floats), pixels)
     np.testing.assert_array_equal(float_to_images(torch.tensor([-3.0, 3.0, 0.0])), [0, 255, 128])
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["data-filter", "older-python"])
+def test_tarball_members_outside_the_destination_are_refused(tmp_path: Path, monkeypatch, python_filter) -> None:
+    import io
+    import tarfile
+
+    from tasks.ingest import safe_extract
+
+    if not python_filter:
+        monkeypatch.delattr(tarfile, "data_filter")
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("batches/ok.bin", "../escape.bin"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with tarfile.open(archive) as tar, pytest.raises(ValueError, match="unsafe member") as err:
+        safe_extract(tar, dest)
+    assert "\n" not in str(err.value) and not (tmp_path / "escape.bin").exists()
+
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("batches/ok.bin")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with tarfile.open(archive) as tar:
+        safe_extract(tar, dest)
+    assert (dest / "batches" / "ok.bin").read_bytes() == b"abc"

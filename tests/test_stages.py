@@ -8,11 +8,12 @@ import torch
 from tasks import config
 from tasks.config import Variant
 from tasks.autoencoder import train_autoencoder
-from tasks.codec import load_latents
+from tasks.codec import load_autoencoder, load_codec, load_latents
+from tasks.data import float_to_images, images_to_float, load_split
 from tasks.encode import encode_latents
 from tasks.evaluate import evaluate
 from tasks.io import load_safetensors
-from tasks.paths import MODEL_FILE, checkpoint_file, eval_dir, train_dir
+from tasks.paths import MODEL_FILE, checkpoint_file, data_dir, eval_dir, train_dir
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.sample import load_trained
@@ -50,6 +51,13 @@ def test_autoencoder_and_encoding(encoded):
     assert latents["latent_shape"] == [3, 4, 4] and latents["counts"] == {"train": 270, "val": 30}
     train = load_latents(cfg, "identity", "train")
     assert train.std().item() == pytest.approx(1.0, rel=1e-4)  # the latent scale factor makes unit variance
+    # centred per channel, as the preconditioner's skip connection assumes (it used to be off by the mean)
+    assert train.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
+    codec, images = load_codec(cfg, "identity"), load_split(data_dir(cfg), "val").values[:16]
+    autoencoder = load_autoencoder(cfg)
+    with torch.no_grad():
+        own = float_to_images(autoencoder.decode(autoencoder.encode(images_to_float(images))))
+    assert np.array_equal(codec.decode(codec.encode(images)), own)  # shift and scale invert exactly
     assert (cfg.work / "autoencoder" / "reconstructions.png").stat().st_size > 0
 
 
