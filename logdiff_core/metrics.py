@@ -1,10 +1,14 @@
 """Distribution distances between generated and reference samples.
 
-Pure numpy/torch: FID and KID on precomputed features, the multi-scale sliced Wasserstein distance (SWD) of
-ProGAN on uint8 images, and weight-free distances for tabular/positive arrays. Feature extraction lives in
-``tasks.fid``.
+Pure numpy/torch: the Fréchet distance and KID on precomputed features (Inception's for FID, the judge
+classifier's for ``fd_classifier``), improved precision/recall and class entropy in the same features, the
+multi-scale sliced Wasserstein distance (SWD) of ProGAN on uint8 images, weight-free distances for
+tabular/positive arrays, and bootstrap intervals for any of them. Feature extraction lives elsewhere
+(``tasks.fid``, ``logdiff_core.classifier``).
 """
 from __future__ import annotations
+
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -228,3 +232,69 @@ def array_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
         "log_wasserstein": scaled_wasserstein(np.log(np.maximum(generated, tiny)), np.log(np.maximum(reference, tiny))),
         "correlation_distance": float(np.linalg.norm(difference) / generated.shape[1]),
     }
+
+
+def _knn_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row."""
+    radii = []
+    for start in range(0, len(features), chunk):
+        distances = torch.cdist(features[start:start + chunk], features)
+        radii.append(distances.kthvalue(k + 1, dim=1).values)  # the first is the row itself, at 0
+    return torch.cat(radii)
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
+    """For each point, whether it lies in at least one ball (centre, radius)."""
+    inside = [(torch.cdist(points[start:start + chunk], centres) <= radii).any(dim=1)
+              for start in range(0, len(points), chunk)]
+    return torch.cat(inside)
+
+
+def precision_recall_indicators(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                                chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample terms of improved precision and recall (Kynkäänniemi et al. 2019): whether each generated
+    sample lies in the real manifold (the union of balls reaching each real sample's k-th nearest real neighbour),
+    and whether each real sample lies in the generated manifold. Their means are precision and recall."""
+    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+    if min(len(real_t), len(fake_t)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
+                         f"got {len(real_t)} real and {len(fake_t)} generated")
+    fake_in_real = _covered(fake_t, real_t, _knn_radii(real_t, k, chunk), chunk)
+    real_in_fake = _covered(real_t, fake_t, _knn_radii(fake_t, k, chunk), chunk)
+    return fake_in_real.numpy(), real_in_fake.numpy()
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision (how much of the generated set looks real) and recall (how much of the real set the
+    generated one covers), both in [0, 1], higher is better."""
+    fake_in_real, real_in_fake = precision_recall_indicators(real, fake, k)
+    return float(fake_in_real.mean()), float(real_in_fake.mean())
+
+
+def class_entropy(probabilities: np.ndarray) -> float:
+    """Entropy (nats) of the predicted classes (each sample's most likely one): ln K when the samples cover K
+    classes evenly, 0 when they are all one class. Higher is better, up to the real data's own value."""
+    probabilities = np.asarray(probabilities, np.float64)
+    shares = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
+    shares = shares[shares > 0]
+    return float(-(shares * np.log(shares)).sum())
+
+
+def bootstrap_interval(statistic, *arrays: np.ndarray, num_resamples: int = 200, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Interval ``value +- z * SE`` for ``statistic(*arrays)``, with the standard error from a bootstrap that
+    resamples rows (the same rows of every array, so paired arrays stay paired). Pass only the generated set's
+    arrays: the reference stays fixed, which is the uncertainty that matters when models are compared against
+    one reference. (A percentile interval would sit off-centre: resampling with duplicates inflates a Fréchet
+    distance, while its spread is still estimated well.)"""
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"bootstrap_interval: arrays differ in length ({', '.join(str(len(a)) for a in arrays)})")
+    if not 0 < confidence < 1 or num_resamples < 2:
+        raise ValueError("bootstrap_interval needs 0 < confidence < 1 and at least 2 resamples")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(a[rows] for a in arrays))
+                       for rows in rng.integers(0, n, size=(num_resamples, n))], dtype=np.float64)
+    value = float(statistic(*arrays))
+    half_width = NormalDist().inv_cdf(0.5 + confidence / 2) * float(values.std(ddof=1))
+    return value - half_width, value + half_width
