@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tasks.fid import (FIDUnavailable, InceptionFeatures, fid_from_features,  # noqa: E402
-                       reference_statistics, resolve_fid_weights, write_random_inception_weights)
+from logdiff_core.metrics import feature_statistics, frechet_distance  # noqa: E402
+from tasks.fid import (FIDUnavailable, InceptionFeatures, reference_features,  # noqa: E402
+                       resolve_fid_weights, write_random_inception_weights)
 
 TIMED_BATCHES = 3
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-sized; Inception resizes every input to 299 px, so the size barely matters
@@ -69,14 +70,15 @@ def main(argv: list[str] | None = None) -> None:
               f"(median of {TIMED_BATCHES} batches of {batch_size})")
 
         start = time.perf_counter()
-        ref_stats = reference_statistics(random_images(args.num_samples), extractor, Path(tmp) / "reference.npz")
+        ref_stats = feature_statistics(reference_features(random_images(args.num_samples), extractor,
+                                                          Path(tmp) / "reference.npz"))
         reference_s = time.perf_counter() - start
         start = time.perf_counter()
         features = extractor(random_images(args.num_samples), batch_size)
         features_s = time.perf_counter() - start
-        fid = fid_from_features(features, ref_stats)
+        fid = frechet_distance(*feature_statistics(features), *ref_stats)
         statistics_s = time.perf_counter() - start - features_s
-        print(f"reference statistics of {args.num_samples} images (cached after the first run): {reference_s:.1f} s")
+        print(f"reference features of {args.num_samples} images (cached after the first run): {reference_s:.1f} s")
         print(f"evaluate {args.num_samples} samples: {features_s + statistics_s:.1f} s (features {features_s:.1f} s, "
               f"statistics + FID {statistics_s:.1f} s); FID {fid:.3f} at N={args.num_samples}")
 

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--distribution", help="noise distribution (train and evaluate)")
     stage.add_argument("--transform", help="data transform (encode, train, evaluate); may be left out when "
                                            "diffusion.transforms names only one")
+    stage.add_argument("--seed", type=int, help="training seed (train, evaluate); may be left out when train.seeds "
+                                                "names only one")
     stage.add_argument("--params", default=PARAMS_FILE,
                        help="the experiment's resolved config; its folder is the experiment's (default: params.yaml)")
 
@@ -96,7 +98,7 @@ def _stage(args) -> None:
         if not args.distribution:
             raise ValueError(f"logdiff stage {args.name} needs --distribution "
                              f"(one of {', '.join(cfg.diffusion.distributions)})")
-        item = cfg.variant(args.distribution, args.transform)
+        item = cfg.variant(args.distribution, args.transform, args.seed)
     elif STAGES[args.name].fan_out == "transform":
         item = cfg.transform(args.transform)
     run_stage(cfg, args.name, item)

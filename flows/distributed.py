@@ -14,7 +14,7 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from tasks.config import Config, Variant, from_dict
+from tasks.config import Config, Variant, from_run_dict
 from tasks.paths import train_dir
 from tasks.runtime import StepCallback
 
@@ -44,7 +44,7 @@ def gpus_per_task(cfg: Config) -> float:
 def _train_one(cfg_dict: dict, variant: Variant, callback: StepCallback | None) -> dict:
     from flows.stages import run_stage
 
-    return run_stage(from_dict(cfg_dict), "train", variant, callback=callback)
+    return run_stage(from_run_dict(cfg_dict), "train", variant, callback=callback)
 
 
 def start_training(cfg: Config, variants: list[Variant],
@@ -101,7 +101,7 @@ def train_variants(cfg: Config, variants: list[Variant],
 def _ddp_loop(config: dict) -> None:
     from flows.stages import run_stage
 
-    run_stage(from_dict(config["cfg"]), "train", config["variant"], callback=config["callback"])
+    run_stage(from_run_dict(config["cfg"]), "train", config["variant"], callback=config["callback"])
 
 
 def train_ddp(cfg: Config, variant: Variant, callback: StepCallback | None = None) -> dict:

@@ -73,11 +73,20 @@ def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
 
 @task(name="register", task_run_name="register-{variant.name}", **RETRIED)
 def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dict:
-    metrics = read_json(eval_dir(cfg, variant) / "record.json")
+    scored = evaluation(cfg, variant)
     registered = tracking.register_model(train_dir(cfg, variant) / MODEL_FILE, dataset=dataset_name(cfg),
-                                         variant=variant, run_id=run_id, score=metrics["champion_score"],
-                                         metric=metrics["champion_metric"], tags=tags)
-    return {**registered, "metric": metrics["champion_metric"]}
+                                         variant=variant, run_id=run_id, score=scored["score"],
+                                         metric=scored["metric"], tags=tags)
+    return {**registered, **scored}
+
+
+def evaluation(cfg: Config, variant: Variant) -> dict:
+    """A model's champion score as the summary shows it: value, interval, and against the baselines."""
+    record = read_json(eval_dir(cfg, variant) / "record.json")
+    metric = record["champion_metric"]
+    return {"metric": metric, "score": record[metric], "low": record.get(f"{metric}_low"),
+            "high": record.get(f"{metric}_high"), "beats_trivial": record.get("beats_trivial"),
+            "ceiling_ratio": record.get("ceiling_ratio"), "label": variant.label, "seed": variant.seed}
 
 
 def mlflow_uri() -> str:
@@ -112,11 +121,11 @@ def variant_runs(parent_id: str, cfg: Config, variants: list[Variant], tags: dic
             resume_file = _resume_file(cfg, v)
             resumed = tracking.unfinished_run(read_json(resume_file)["run_id"] if resume_file.exists() else None)
             run_ids[v.name] = stack.enter_context(tracking.child_run(
-                parent_id, v.label, resume_run_id=resumed,
+                parent_id, v.name, resume_run_id=resumed,
                 params={**stage_params(cfg, "train", "evaluate"),
                         "noise": {v.distribution: cfg.diffusion.distributions[v.distribution]},
                         "transform": v.transform},
-                tags={**tags, "distribution": v.distribution, "transform": v.transform}))
+                tags={**tags, "distribution": v.distribution, "transform": v.transform, "seed": v.seed}))
             write_json(resume_file, {"run_id": run_ids[v.name]})
         yield run_ids
         for v in variants:  # finished: nothing left to resume into
@@ -183,10 +192,10 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logg
             tracking.log_dataset([parent_id, *run_ids.values()], manifest)
             _train_stale(run_cfg, variants, run_ids, stale, summary, logger)
             for v in variants:
-                if "error" in summary["models"].get(v.label, {}):
+                if "error" in summary["models"].get(v.name, {}):
                     continue
                 run_if_stale("evaluate", v, lambda: evaluate_task(run_cfg, v, run_ids[v.name]))
-                summary["models"][v.label] = register_task(run_cfg, v, run_ids[v.name], lineage)
+                summary["models"][v.name] = register_task(run_cfg, v, run_ids[v.name], lineage)
         registered = [info["name"] for info in summary["models"].values() if "name" in info]
         summary["best"] = tracking.promote_best(dataset_name(cfg), registered) if registered else None
         if any("error" not in info for info in summary["models"].values()):
@@ -201,9 +210,13 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logg
 
 def _all_registered(cfg: Config) -> dict | None:
     """Every model's registry entry (what registering it again would return), or None if one is not registered."""
-    found = {v.label: tracking.registered_version(train_dir(cfg, v) / MODEL_FILE, dataset_name(cfg), v)
-             for v in cfg.variants()}
-    return found if all(found.values()) else None
+    found = {}
+    for v in cfg.variants():
+        info = tracking.registered_version(train_dir(cfg, v) / MODEL_FILE, dataset_name(cfg), v)
+        if info is None:
+            return None
+        found[v.name] = {**info, **evaluation(cfg, v)}
+    return found
 
 
 def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], stale: StaleStages, summary: dict,
@@ -227,8 +240,8 @@ def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], 
                 continue
             error = future.result(raise_on_failure=False)
             failure = f"training failed: {type(error).__name__}: {error}"
-            summary["models"][v.label] = {"error": failure}
-            logger.error("%s: %s", v.label, failure)
+            summary["models"][v.name] = {"error": failure}
+            logger.error("%s: %s", v.name, failure)
             tracking.mark_failed(run_ids[v.name], failure)
     except BaseException:  # Ctrl-C included: stop the training that is still going, keep its checkpoints
         cancel(pending.values())
@@ -261,14 +274,41 @@ def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", forc
 
 
 def print_summary(summary: dict) -> None:
+    """The end-of-run table: each model's score beside the baselines, with intervals, and the verdict."""
     ran = ", ".join(summary["stages_run"]) or "nothing (everything up to date)"
     print(f"\nstages run: {ran}")
-    print(f"{'model':<22}{'metric':<14}{'score':>12}  {'version':>7}  champion")
+    report = read_json(Path(summary["report"]).with_suffix(".json")) if summary.get("report") else {}
+    scored = [info for info in summary["models"].values() if "error" not in info]
+    if scored and report:
+        metric = scored[0]["metric"]
+        confidence = next(iter(report["baselines"].values()))["confidence"]
+        print(f"{metric}, lower is better; [{confidence:.0%} intervals]; 'x ceiling' is the distance above the "
+              "real-vs-real floor in multiples of the autoencoder ceiling's")
+        for transform, baselines in report["baselines"].items():
+            for name in ("floor", "ceiling", "trivial"):
+                if baselines.get(name):
+                    print(f"  {name + ' (' + transform + ')':<26}{_interval(baselines[name], metric)}")
+    print(f"{'model':<22}{'seed':>4}  {'score [interval]':<26}{'vs trivial':<12}{'x ceiling':>9}  {'version':>7}  "
+          "champion")
     for name, info in summary["models"].items():
         if "error" in info:
-            print(f"{name:<22}{info['error']}")
+            print(f"{name:<26}  {info['error']}")
             continue
+        versus = {True: "better", False: "NOT better", None: "n/a"}[info["beats_trivial"]]
+        ratio = "n/a" if info["ceiling_ratio"] is None else f"{info['ceiling_ratio']:.2f}"
         marker = "yes" if info["champion"] else f"no (v{info['champion_version']} is)"
-        print(f"{name:<22}{info['metric']:<14}{info['score']:>12.4f}  {info['version']:>7}  {marker}")
-    if summary["report"]:
+        interval = _interval({"v": info["score"], "v_low": info["low"], "v_high": info["high"]}, "v")
+        print(f"{info['label']:<22}{info['seed']:>4}  {interval:<26}{versus:<12}{ratio:>9}  {info['version']:>7}  "
+              f"{marker}")
+    for line in report.get("verdict", []):
+        print(line.replace("**", ""))
+    if summary.get("best"):
+        print(f"best model across distributions: {summary['best']}")
+    if summary.get("report"):
         print(f"comparison report: {summary['report']}")
+
+
+def _interval(scores: dict, metric: str) -> str:
+    if scores.get(f"{metric}_low") is None:
+        return f"{scores[metric]:.4g}"
+    return f"{scores[metric]:.4g} [{scores[f'{metric}_low']:.3g}, {scores[f'{metric}_high']:.3g}]"

@@ -57,6 +57,18 @@ def _encode(cfg: Config, transform: str, callback: StepCallback | None) -> dict:
     return encode_latents(cfg, transform)
 
 
+def _classifier(cfg: Config, item: None, callback: StepCallback | None) -> dict:
+    from tasks.classifier import train_classifier
+
+    return train_classifier(cfg)
+
+
+def _baselines(cfg: Config, transform: str, callback: StepCallback | None) -> dict:
+    from tasks.baselines import compute_baselines
+
+    return compute_baselines(cfg, transform)
+
+
 def _train(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict:
     from tasks.scoring import curve_evaluator
     from tasks.train import train_diffusion
@@ -81,9 +93,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data")),
     Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder")),
     Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",)),
+    Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier")),
+    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval")),
     Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train")),
     Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval")),
-    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("diffusion", "sample", "eval")),
+    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("train",)),
 )}
 
 

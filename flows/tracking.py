@@ -407,11 +407,12 @@ def register_model(model_path: str | Path, *, dataset: str, variant: Variant, ru
     version = _version_with_sha(client, name, sha)
     if version is None:
         version_tags = {**tags, "model_sha256": sha, "champion_metric": metric, "score": repr(float(score)),
-                        "dataset": dataset, "distribution": variant.distribution, "transform": variant.transform}
+                        "dataset": dataset, "distribution": variant.distribution, "transform": variant.transform,
+                        "seed": variant.seed}
         version = _log_and_register(client, model_path, name, run_id, version_tags)
         client.update_model_version(name, version.version, description=(
-            f"{variant.distribution} noise, {variant.transform} transform, on {dataset}; {metric} = {score:.4g} "
-            "(lower is better)"))
+            f"{variant.distribution} noise, {variant.transform} transform, seed {variant.seed}, on {dataset}; "
+            f"{metric} = {score:.4g} (lower is better)"))
         first = _version_with_sha(client, name, sha)  # the oldest version of this file, should another run race us
         if int(first.version) < int(version.version):
             client.delete_model_version(name, version.version)

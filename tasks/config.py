@@ -7,28 +7,62 @@ its choices raises ``ConfigError`` with a one-line message naming the key and th
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 CONF_DIR = Path(os.environ.get("LOGDIFF_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
-
-
-IMAGE_SOURCES = ("digits", "cifar10", "folder")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an experiment name is also a folder name
 
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: ``low <= x`` (``low < x`` if ``low_open``), and likewise ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+COUNT = Range(1)  # steps, batch sizes, widths: at least one
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1, low_open=True, high_open=True)
+
+
+def _registry(module: str, attribute: str) -> Callable[[], tuple]:
+    """Choices read from a core registry when validating (importing the core pulls in torch: not at import)."""
+    def choices() -> tuple:
+        found = getattr(importlib.import_module(module), attribute)
+        return tuple(found() if callable(found) else found)
+    return choices
+
+
 @dataclass
 class DataConfig:
-    source: str = "digits"  # digits | breast_cancer | wine | cifar10 | folder | arrays
+    source: str = "digits"  # see tasks/sources.py
     path: str | None = None  # folder, zip, .npy/.npz/.parquet, or CIFAR-10 root / tarball
     download: bool = True  # cifar10 only: download when not found locally
     image_size: int | None = None  # resize images to this size; None keeps the source size
@@ -38,8 +72,9 @@ class DataConfig:
     shard_rows: int = 10000
     on_bad_input: str = "skip"  # skip | error
 
-    _choices = {"source": ("digits", "breast_cancer", "wine", "cifar10", "folder", "arrays"),
-                "on_bad_input": ("skip", "error"), "channels": (None, 1, 3)}
+    _choices = {"source": _registry("tasks.sources", "names"), "on_bad_input": ("skip", "error"),
+                "channels": (None, 1, 3)}
+    _ranges = {"image_size": COUNT, "val_fraction": FRACTION, "limit": Range(2), "shard_rows": COUNT}
 
 
 @dataclass
@@ -58,7 +93,10 @@ class AutoencoderConfig:
     checkpoint_every: int = 500
     log_every: int = 50
 
-    _choices = {"kind": ("conv", "none"), "downsample": (1, 2, 4)}
+    _choices = {"kind": ("conv", "none"), "downsample": _registry("logdiff_core.autoencoder", "DOWNSAMPLE_FACTORS")}
+    _ranges = {"latent_channels": COUNT, "base_channels": COUNT, "kl_weight": NON_NEGATIVE,
+               "gradient_weight": NON_NEGATIVE, "adversarial_weight": NON_NEGATIVE, "adversarial_start": NON_NEGATIVE,
+               "steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "checkpoint_every": COUNT, "log_every": COUNT}
 
 
 @dataclass
@@ -73,7 +111,9 @@ class NetworkConfig:
     hidden: int = 256  # mlp only
     layers: int = 3  # mlp only
 
-    _choices = {"kind": ("unet", "mlp")}
+    _choices = {"kind": _registry("logdiff_core.networks", "DENOISERS")}
+    _ranges = {"base_channels": COUNT, "channel_mults": COUNT, "attention_resolution": NON_NEGATIVE,
+               "num_heads": COUNT, "dropout": Range(0, 1, high_open=True), "hidden": COUNT, "layers": COUNT}
 
 
 @dataclass
@@ -90,7 +130,9 @@ class DiffusionConfig:
     transforms: list[str] = field(default_factory=lambda: ["identity"])  # identity | log (LogDiff)
     log_floor: float = 0.0  # log transform: y = log(x + floor)
 
-    _choices = {"schedule": ("linear", "quadratic", "polynomial", "cosine")}
+    _choices = {"schedule": _registry("logdiff_core.schedules", "KINDS")}
+    _ranges = {"timesteps": COUNT, "beta_start": FRACTION, "beta_end": FRACTION, "power": POSITIVE,
+               "log_floor": NON_NEGATIVE}
 
 
 @dataclass
@@ -112,8 +154,13 @@ class TrainConfig:
     num_workers: int = 1  # > 1: Ray Train DDP across this many workers
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # fractions < 1 let several distributions share one GPU; ignored without GPUs
+    seeds: list[int] = field(default_factory=lambda: [0])  # one model per seed (replicates), side by side
 
     _choices = {}
+    _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+               "warmup_steps": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "ema_decay": Range(0, 1, high_open=True),
+               "checkpoint_every": COUNT, "log_every": COUNT, "eval_every": NON_NEGATIVE, "num_workers": COUNT,
+               "cpus_per_worker": POSITIVE, "gpus_per_worker": POSITIVE, "seeds": NON_NEGATIVE}
 
 
 @dataclass
@@ -125,7 +172,23 @@ class SampleConfig:
     langevin_snr: float = 0.16
     batch_size: int = 256
 
-    _choices = {}
+    _choices = {"sampler": _registry("logdiff_core.samplers", "names")}
+    _ranges = {"steps": COUNT, "eta": NON_NEGATIVE, "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
+               "batch_size": COUNT}
+
+
+@dataclass
+class ClassifierConfig:
+    """The judge: a small classifier trained on the training split's labels, for the offline image metric."""
+
+    kind: str = "auto"  # auto: train one when the images have class labels; none: no judge
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    base_channels: int = 32
+
+    _choices = {"kind": ("auto", "none")}
+    _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "base_channels": COUNT}
 
 
 @dataclass
@@ -134,34 +197,39 @@ class EvalConfig:
     fid: bool = True  # compute FID/KID for image data when the Inception weights can be had
     fid_weights: str | None = None  # local pt_inception-2015-12-05 file; default: $LOGDIFF_FID_WEIGHTS or download
     fid_required: bool = False  # true: a missing FID is an error rather than "unavailable"
-    champion_metric: str = "auto"  # auto: fid when available, else the weight-free distance
+    champion_metric: str = "auto"  # auto: fid when available, else fd_classifier, else the weight-free distance
     grid_size: int = 64
+    bootstrap: int = 200  # resamples behind every interval; 0 turns intervals off
+    confidence: float = 0.95  # of the intervals
 
     _choices = {}
+    _ranges = {"num_samples": Range(4), "grid_size": COUNT, "bootstrap": NON_NEGATIVE, "confidence": FRACTION}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One model the pipeline trains: a noise distribution under a data transform."""
+    """One model the pipeline trains: a noise distribution under a data transform, from one training seed."""
 
     distribution: str
     transform: str
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        """Stage and folder name, as DVC's matrix names it: ``laplace-identity``."""
-        return f"{self.distribution}-{self.transform}"
+        """Stage and folder name, as DVC's matrix names it: ``laplace-identity-0``."""
+        return f"{self.distribution}-{self.transform}-{self.seed}"
 
     @property
     def label(self) -> str:
-        """Registry and display name: the distribution, suffixed with the transform unless it is identity."""
-        return self.distribution if self.transform == "identity" else self.name
+        """Registry and display name: the distribution, suffixed with the transform unless it is identity (the
+        seeds of one distribution and transform are replicates of one registered model)."""
+        return self.distribution if self.transform == "identity" else f"{self.distribution}-{self.transform}"
 
 
 @dataclass
 class Config:
-    name: str = "demo"
-    seed: int = 0
+    name: str = "demo"  # the experiment: its MLflow experiment, and its folder artifacts/<name>
+    seed: int = 0  # data split, autoencoder and judge; each model's own seeds are train.seeds
     workdir: str | None = None  # the experiment's folder, relative to the project; default artifacts/<name>
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -169,7 +237,10 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    _ranges = {"seed": NON_NEGATIVE}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,11 +252,12 @@ class Config:
         return {k: settings[k] for k in sections} if sections else settings
 
     def model_settings(self, variant: Variant) -> dict:
-        """The config as it concerns one model: the other distributions and transforms left out, so that changing
-        one distribution changes nothing about the others (as DVC's per-model params say)."""
+        """The config as it concerns one model: the other distributions, transforms and seeds left out, so that
+        changing or adding one changes nothing about the others (as DVC's per-model params say)."""
         settings = self.settings()
         settings["diffusion"] = {**settings["diffusion"], "transforms": [variant.transform],
                                  "distributions": {variant.distribution: self.diffusion.distributions[variant.distribution]}}
+        settings["train"] = {**settings["train"], "seeds": [variant.seed]}
         return settings
 
     @property
@@ -194,16 +266,22 @@ class Config:
         return Path(self.workdir) if self.workdir else Path("artifacts") / self.name
 
     def variants(self) -> list[Variant]:
-        """Every model to train, in ``dvc.yaml``'s matrix order (distribution, then transform)."""
-        return [Variant(d, t) for d in self.diffusion.distributions for t in self.diffusion.transforms]
+        """Every model to train, in ``dvc.yaml``'s matrix order (distribution, transform, seed)."""
+        return [Variant(d, t, s) for d in self.diffusion.distributions for t in self.diffusion.transforms
+                for s in self.train.seeds]
 
-    def variant(self, distribution: str, transform: str | None = None) -> Variant:
-        """The configured variant for ``distribution`` (and ``transform``, which may be left out when only one
-        transform is configured); ValueError naming the configured choices otherwise."""
+    def variant(self, distribution: str, transform: str | None = None, seed: int | None = None) -> Variant:
+        """The configured variant for ``distribution`` (``transform`` and ``seed`` may be left out when only one is
+        configured); ValueError naming the configured choices otherwise."""
         if distribution not in self.diffusion.distributions:
             configured = ", ".join(self.diffusion.distributions)
             raise ValueError(f"distribution {distribution!r} is not in diffusion.distributions ({configured})")
-        return Variant(distribution, self.transform(transform))
+        seeds = self.train.seeds
+        if seed is None and len(seeds) > 1:
+            raise ValueError(f"train.seeds lists {', '.join(map(str, seeds))}: name one (--seed)")
+        if seed is not None and seed not in seeds:
+            raise ValueError(f"seed {seed} is not in train.seeds ({', '.join(map(str, seeds))})")
+        return Variant(distribution, self.transform(transform), seeds[0] if seed is None else seed)
 
     def transform(self, name: str | None = None) -> str:
         """The configured transform ``name`` (the only one when left out); ValueError naming the choices."""
@@ -275,15 +353,36 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
             kwargs[name] = _check_type(key, value, hints[name])
     obj = cls(**kwargs)
     for name, allowed in getattr(cls, "_choices", {}).items():
+        allowed = allowed() if callable(allowed) else allowed
         if getattr(obj, name) not in allowed:
             shown = ", ".join("null" if a is None else str(a) for a in allowed)
             raise ConfigError(f"{prefix}{name}: {getattr(obj, name)!r} is not one of: {shown}")
+    for name, allowed in getattr(cls, "_ranges", {}).items():
+        value = getattr(obj, name)
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{prefix}{name}: must list at least one value")
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item not in allowed:
+                raise ConfigError(f"{prefix}{name}: {item!r} is out of range; it must be {allowed}")
     return obj
 
 
 def _validate(cfg: Config) -> None:
-    from logdiff_core import noise, samplers, transforms
+    """Checks across keys, and the names only the core's registries know; the first problem is the error."""
+    from logdiff_core import noise, transforms
+    from logdiff_core.schedules import make_betas
 
+    from tasks.sources import SOURCES
+
+    if not NAME_PATTERN.fullmatch(cfg.name):
+        raise ConfigError(f"name: {cfg.name!r} names the experiment and its folder; use letters, digits, '.', '-' "
+                          "and '_' only")
+    if cfg.workdir is not None:
+        work = Path(cfg.workdir)
+        if work.is_absolute() or ".." in work.parts or work == Path("."):
+            raise ConfigError(f"workdir: {cfg.workdir!r} must be a subfolder of the project (relative, no '..', "
+                              "not '.'): the pipeline replaces the folders it writes there. Leave it unset for "
+                              f"artifacts/{cfg.name}")
     for name, params in cfg.diffusion.distributions.items():
         try:
             noise.get(name, **params)
@@ -291,34 +390,34 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"diffusion.distributions.{name}: {err}") from None
     if not cfg.diffusion.distributions:
         raise ConfigError("diffusion.distributions: name at least one noise distribution")
-    positive = {
-        "data.val_fraction": cfg.data.val_fraction, "train.steps": cfg.train.steps,
-        "train.batch_size": cfg.train.batch_size, "train.lr": cfg.train.lr,
-        "diffusion.timesteps": cfg.diffusion.timesteps, "sample.steps": cfg.sample.steps,
-        "eval.num_samples": cfg.eval.num_samples, "train.num_workers": cfg.train.num_workers,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-    if not cfg.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction: must be below 1, got {cfg.data.val_fraction}")
+    try:
+        make_betas(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end,
+                   cfg.diffusion.power)
+    except ValueError as err:
+        raise ConfigError(f"diffusion: {err}") from None
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    if len(set(cfg.train.seeds)) != len(cfg.train.seeds):
+        raise ConfigError(f"train.seeds: name each seed once, got {cfg.train.seeds}")
     for name in cfg.diffusion.transforms:
         if name not in transforms.names():
             raise ConfigError(f"diffusion.transforms: {name!r} is not one of: {', '.join(transforms.names())}")
     if not cfg.diffusion.transforms or len(set(cfg.diffusion.transforms)) != len(cfg.diffusion.transforms):
         raise ConfigError(f"diffusion.transforms: name each transform once, got {cfg.diffusion.transforms}")
-    image_data = cfg.data.source in IMAGE_SOURCES
-    if "log" in cfg.diffusion.transforms and image_data:
+    source = SOURCES[cfg.data.source]
+    if source.path == "required" and not cfg.data.path:
+        raise ConfigError(f"data.path: data.source={cfg.data.source} reads {source.what}; set data.path to it")
+    if "log" in cfg.diffusion.transforms and source.kind == "image":
         raise ConfigError(f"diffusion.transforms: log is for positive array data; data.source={cfg.data.source} is "
                           "images: use diffusion.transforms=[identity]")
-    if not image_data and (cfg.autoencoder.kind, cfg.network.kind) != ("none", "mlp"):
+    if source.kind == "array" and (cfg.autoencoder.kind, cfg.network.kind) != ("none", "mlp"):
         raise ConfigError(f"data.source={cfg.data.source} is array data: set autoencoder.kind=none and network.kind=mlp")
-    if cfg.sample.sampler not in samplers.names():
-        raise ConfigError(f"sample.sampler: {cfg.sample.sampler!r} is not one of: {', '.join(samplers.names())}")
+    network = cfg.network
+    if network.kind == "unet" and network.attention_resolution > 0:
+        for mult in network.channel_mults:
+            if network.base_channels * mult % network.num_heads:
+                raise ConfigError(f"network.num_heads: {network.num_heads} must divide every attention width "
+                                  f"(network.base_channels x channel_mults = {network.base_channels * mult})")
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -399,6 +498,12 @@ def from_dict(raw: dict) -> Config:
     cfg = _build(Config, raw, "")
     _validate(cfg)
     return cfg
+
+
+def from_run_dict(raw: dict) -> Config:
+    """A running config sent to another process (``Config.to_dict``): its settings validated as on load, its
+    workdir (the experiment folder, absolute by then) kept as it is."""
+    return dataclasses.replace(from_dict({k: v for k, v in raw.items() if k != "workdir"}), workdir=raw["workdir"])
 
 
 def load(preset_or_path: str = "demo", overrides: list[str] | None = None) -> Config:

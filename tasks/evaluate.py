@@ -1,70 +1,89 @@
-"""Evaluation of one trained model: samples, standard FID/KID when the Inception weights can be had, the
-weight-free distances that always work offline, image grids and trajectory plots, and the champion score.
-
-Images are compared with the training split (FID's usual reference, statistics cached per dataset version);
-array data with the held-out split, beside the real-vs-real floor: training rows vs the held-out split, with the
-generated samples scored in chunks of the same size, so that both figures carry the same finite-sample bias.
+"""Evaluation of one trained model: samples drawn with the current ``sample`` settings, scored exactly as the
+baselines are (same metric, sample size and reference, with intervals), and read against them: does the model beat
+the trivial generator, and how far above the real-vs-real floor is it, as a multiple of the autoencoder ceiling's
+distance? Grids, trajectory plots and samples beside.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-from logdiff_core import samplers
 
 from .config import Config, Variant, write_yaml
 from .data import load_manifest, load_split
-from .io import atomic_save_with, check_replaceable, stage_output, write_json
-from .paths import data_dir, eval_dir, fid_reference_file, metrics_file, train_dir
+from .io import atomic_save_with, check_replaceable, read_json, stage_output, write_json
+from .paths import baselines_dir, data_dir, eval_dir, metrics_file, train_dir
 from .sample import load_trained
-from .scoring import array_metrics_with_floor, champion_metric, sample_metrics, subset
+from .scoring import build_scorer
 from .visuals import plot_histograms, plot_trajectories, save_image_grid
 
+TRAJECTORIES = 8  # samples whose trajectories are drawn
 
-HEADLINE = {"image": ("fid", "kid", "swd_mean"),
-            "array": ("frac_non_positive", "wasserstein", "log_wasserstein", "correlation_distance")}
+
+def read_against_baselines(scores: dict, baselines: dict, metric: str) -> dict:
+    """How a model's ``metric`` reads against the baselines (lower is better):
+
+    - ``beats_trivial``: the model's interval lies wholly below the trivial generator's (with no intervals, its
+      value does); None without a trivial baseline.
+    - ``ceiling_ratio``: (model - floor) / (ceiling - floor): 1 is as good as the autoencoder's reconstructions,
+      below 1 better, 2 twice as far from the floor; None without a ceiling above the floor.
+    """
+    value, high = scores[metric], scores.get(f"{metric}_high", scores[metric])
+    trivial = baselines.get("trivial")
+    beats = None if trivial is None else bool(high < trivial.get(f"{metric}_low", trivial[metric]))
+    floor, ceiling = baselines["floor"][metric], (baselines.get("ceiling") or {}).get(metric)
+    ratio = (value - floor) / (ceiling - floor) if ceiling is not None and ceiling > floor else None
+    return {"beats_trivial": beats, "ceiling_ratio": ratio}
 
 
 def evaluate(cfg: Config, variant: Variant) -> dict:
     """Sample ``eval.num_samples`` from the trained model; write its folder (grids, plots, samples, the full
     ``record.json``) and its headline figures in ``metrics/evaluate/<name>.json``."""
-    variant = cfg.variant(variant.distribution, variant.transform)
+    variant = cfg.variant(variant.distribution, variant.transform, variant.seed)
     check_replaceable(eval_dir(cfg, variant))
     model = load_trained(train_dir(cfg, variant))
-    kind = model.codec.kind
-    n = cfg.eval.num_samples
-    generated, latents = model.generate(n, seed=cfg.seed, device=cfg.train.device, return_latents=True)
-    data_manifest = load_manifest(data_dir(cfg))
-    if kind == "image":
-        reference = subset(load_split(data_dir(cfg), "train").values, n, cfg.seed)
-        cache = fid_reference_file(cfg, data_manifest["content_hash"], len(reference))
-        metrics = sample_metrics(cfg, kind, generated, reference, cache)
-    else:
-        held_out = load_split(data_dir(cfg), "val").values
-        train = load_split(data_dir(cfg), "train").values
-        metrics = array_metrics_with_floor(generated, held_out, train, cfg.seed)
-    device = next(model.denoiser.parameters()).device  # where generate() put the model
-    trajectory = samplers.sample(model.denoiser, model.schedule.to(device), model.noise,
-                                 (8, *model.codec.latent_shape), sampler=cfg.sample.sampler, steps=cfg.sample.steps,
-                                 eta=cfg.sample.eta, generator=torch.Generator(device).manual_seed(cfg.seed),
-                                 device=device, return_trajectories=True)
-    chosen = champion_metric(cfg, kind, metrics)
-    record = {"distribution": variant.distribution, "transform": variant.transform, "kind": kind,
-              "num_samples": n, "sampler": cfg.sample.sampler,
-              "sampling_steps": cfg.sample.steps, **metrics, "champion_metric": chosen,
-              "champion_score": float(metrics[chosen]), "latent_std": float(latents.std())}
+    options = {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "eta", "langevin_steps", "langevin_snr",
+                                                    "batch_size")}
+    generated = model.sample(cfg.eval.num_samples, seed=variant.seed, device=cfg.train.device,
+                             trajectories=TRAJECTORIES, **options)
+    scorer = build_scorer(cfg)
+    scores = scorer.score(generated.data)
+    baselines = read_json(baselines_dir(cfg, variant.transform) / "record.json")
+    if baselines["champion_metric"] != scorer.champion or baselines["metric_sample_size"] != scorer.size:
+        raise ValueError(f"the baselines of {variant.transform} were scored on {baselines['champion_metric']} at "
+                         f"{baselines['metric_sample_size']} samples, this model on {scorer.champion} at "
+                         f"{scorer.size}; rerun the baselines stage (logdiff run, or dvc repro)")
+    champion = scorer.champion
+    record = {"distribution": variant.distribution, "transform": variant.transform, "seed": variant.seed,
+              "kind": scorer.kind, "num_samples": cfg.eval.num_samples, **options, **scorer.describe(),
+              **scores, "champion_score": scores[champion],
+              **read_against_baselines(scores, baselines, champion),
+              "baselines": {name: baselines[name] for name in ("floor", "ceiling", "trivial") if baselines.get(name)},
+              "latent_std": float(generated.latents.std())}
+    traj = generated.trajectories
     with stage_output(eval_dir(cfg, variant), "evaluate") as out:
-        write_yaml(out / "config.yaml", cfg.model_settings(variant))
-        if kind == "image":
-            save_image_grid(generated[: cfg.eval.grid_size], out / "samples.png")
+        write_yaml(out / "config.yaml", cfg.model_settings(variant) | {"sample": options})
+        if scorer.kind == "image":
+            save_image_grid(generated.data[: cfg.eval.grid_size], out / "samples.png")
         else:
-            names = data_manifest.get("feature_names") or [f"x{i}" for i in range(generated.shape[1])]
-            plot_histograms({variant.label: generated}, held_out, names, out / "histograms.png")
-            header = ",".join(names)
-            atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(tmp, generated, delimiter=",",
-                                                                            header=header, comments="", fmt="%.6g"))
-        plot_trajectories(trajectory.trajectory, trajectory.denoised, trajectory.timesteps, out / "trajectories.png")
+            names = load_manifest(data_dir(cfg)).get("feature_names") or [f"x{i}" for i in
+                                                                          range(generated.data.shape[1])]
+            held_out = load_split(data_dir(cfg), "val").values
+            plot_histograms({variant.label: generated.data}, held_out, names, out / "histograms.png")
+            atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(
+                tmp, generated.data, delimiter=",", header=",".join(names), comments="", fmt="%.6g"))
+        plot_trajectories(traj.trajectory, traj.denoised, traj.timesteps, out / "trajectories.png")
         write_json(out / "record.json", record)
-    headline = {k: record[k] for k in (*HEADLINE[kind], "champion_score") if isinstance(record.get(k), float)}
-    write_json(metrics_file(cfg, "evaluate", variant.name), headline)
+    write_json(metrics_file(cfg, "evaluate", variant.name), headline(record, scorer.metrics))
     return record
+
+
+def headline(record: dict, metrics: list[str]) -> dict:
+    """A model's few numbers worth comparing across experiments: every metric, the champion's interval, and how
+    it reads against the baselines (no names, devices or fingerprints)."""
+    champion = record["champion_metric"]
+    figures = {m: record[m] for m in metrics} | {f"{champion}_{end}": record[f"{champion}_{end}"]
+                                                 for end in ("low", "high") if f"{champion}_{end}" in record}
+    if record["ceiling_ratio"] is not None:
+        figures["ceiling_ratio"] = record["ceiling_ratio"]
+    if record["beats_trivial"] is not None:
+        figures["beats_trivial"] = int(record["beats_trivial"])
+    return figures

@@ -13,7 +13,6 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from tqdm import tqdm
 
-from logdiff_core.metrics import feature_statistics, frechet_distance
 from tasks.io import atomic_save_with
 
 WEIGHTS_ENV = "LOGDIFF_FID_WEIGHTS"
@@ -109,24 +108,20 @@ class InceptionFeatures:
         return torch.cat(batches).numpy() if batches else np.empty((0, 2048))
 
 
-def fid_from_features(f_gen: np.ndarray, ref_stats: tuple[np.ndarray, np.ndarray]) -> float:
-    return frechet_distance(*feature_statistics(f_gen), *ref_stats)
-
-
-def reference_statistics(images_uint8: np.ndarray | torch.Tensor, extractor: InceptionFeatures,
-                         cache_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the reference features, cached in ``cache_path`` (.npz with the sample count); a cache made
-    from a different number of images is recomputed."""
+def reference_features(images_uint8: np.ndarray | torch.Tensor, extractor: InceptionFeatures,
+                       cache_path: str | Path) -> np.ndarray:
+    """Inception features of the reference images (float64), cached in ``cache_path`` (.npz, float32, with the
+    sample count); a cache made from a different number of images is recomputed."""
     cache_path = Path(cache_path)
     if cache_path.is_file():
         with np.load(cache_path) as cached:
             if int(cached["num_samples"]) == len(images_uint8):
-                return cached["mu"], cached["sigma"]
-    mu, sigma = feature_statistics(extractor(images_uint8))
+                return cached["features"].astype(np.float64)
+    features = extractor(images_uint8)
 
     def save(tmp: str) -> None:
         with open(tmp, "wb") as out:  # a file object: np.savez would append ".npz" to a bare temp name
-            np.savez(out, mu=mu, sigma=sigma, num_samples=len(images_uint8))
+            np.savez(out, features=features.astype(np.float32), num_samples=len(images_uint8))
 
     atomic_save_with(cache_path, save)
-    return mu, sigma
+    return features.astype(np.float32).astype(np.float64)  # what the cache gives back next time

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import sys
 import tarfile
@@ -25,9 +24,9 @@ from sklearn import datasets as sklearn_datasets
 from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
-from tasks.config import Config, ConfigError, DataConfig
+from tasks.config import Config, DataConfig
 from tasks.data import MANIFEST, content_hash, shard_name, to_table
-from tasks.io import atomic_save_with, write_json
+from tasks.io import atomic_save_with, check_replaceable, stage_output, write_json
 from tasks.paths import data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -50,32 +49,20 @@ class _Source:
 
 
 def ingest(cfg: Config) -> dict:
-    """Write ``<workdir>/data``: shuffled train/val Parquet shards and, last, ``manifest.json``; return the manifest."""
+    """Write ``<work>/data``: shuffled train/val Parquet shards and, last, ``manifest.json``; return the manifest."""
     data = cfg.data
-    for key, value in (("data.shard_rows", data.shard_rows), ("data.limit", data.limit)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
     out = data_dir(cfg)
+    check_replaceable(out)  # before reading a large source, not after
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(".data-*.tmp"):  # left by an ingest that was killed outright
+    for stale in out.parent.glob(".scratch-*.tmp"):  # left by an ingest that was killed outright
         shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=".data-", suffix=".tmp", dir=out.parent) as tmp:
-        scratch = Path(tmp)
-        source = _read_source(data, scratch)
+    with tempfile.TemporaryDirectory(prefix=".scratch-", suffix=".tmp", dir=out.parent) as scratch:
+        source = READERS[data.source](data, Path(scratch))
         if source.skipped:
             shown = ", ".join(source.skipped[:5]) + (", ..." if len(source.skipped) > 5 else "")
             print(f"warning: skipped {len(source.skipped)} bad input(s) in {source.path}: {shown}", file=sys.stderr)
-        manifest = _write_dataset(scratch / "data", source, data, cfg.seed)
-        if out.exists():
-            os.replace(out, scratch / "previous")  # removed with the temp folder
-        os.replace(scratch / "data", out)
-    return manifest
-
-
-def _read_source(data: DataConfig, scratch: Path) -> _Source:
-    readers = {"digits": _digits, "breast_cancer": _sklearn_table, "wine": _sklearn_table,
-               "cifar10": _cifar10, "folder": _image_folder, "arrays": _arrays}
-    return readers[data.source](data, scratch)
+        with stage_output(out, "ingest") as fresh:
+            return _write_dataset(fresh, source, data, cfg.seed)
 
 
 def _write_dataset(folder: Path, source: _Source, data: DataConfig, seed: int) -> dict:
@@ -89,7 +76,6 @@ def _write_dataset(folder: Path, source: _Source, data: DataConfig, seed: int) -
     labels = None if source.labels is None else source.labels[order]
     splits = {"train": (values[n_val:], None if labels is None else labels[n_val:]),
               "val": (values[:n_val], None if labels is None else labels[:n_val])}
-    folder.mkdir()
     shards: dict[str, list[str]] = {}
     for split, (split_values, split_labels) in splits.items():
         shards[split] = []
@@ -310,3 +296,7 @@ def _arrays(data: DataConfig, scratch: Path) -> _Source:
     feature_names = columns or [f"x{i}" for i in range(values.shape[1])]
     return _Source("array", np.delete(values, bad_rows, axis=0), None, path=data.path,
                    feature_names=feature_names, skipped=[f"row {row}" for row in bad_rows])
+
+
+READERS = {"digits": _digits, "breast_cancer": _sklearn_table, "wine": _sklearn_table, "cifar10": _cifar10,
+           "folder": _image_folder, "arrays": _arrays}  # keyed as tasks.sources.SOURCES (a test checks)

@@ -29,6 +29,16 @@ def latents_dir(cfg: Config, transform: str) -> Path:
     return cfg.work / "latents" / transform
 
 
+def classifier_dir(cfg: Config) -> Path:
+    """The judge classifier (when the data allows one) and its ``record.json``, which says why not otherwise."""
+    return cfg.work / "classifier"
+
+
+def baselines_dir(cfg: Config, transform: str) -> Path:
+    """Floor, ceiling and trivial generator of one transform, scored as every model is."""
+    return cfg.work / "baselines" / transform
+
+
 def train_dir(cfg: Config, variant: Variant) -> Path:
     return cfg.work / "train" / variant.name
 
@@ -57,5 +67,5 @@ def checkpoint_file(cfg: Config, name: str) -> Path:
 
 
 def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
-    """Cached Inception statistics of ``num_samples`` reference images of one dataset version."""
+    """Cached Inception features of ``num_samples`` reference images of one dataset version."""
     return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"

@@ -1,14 +1,15 @@
-"""The comparison report: every evaluated model (noise distribution x transform) side by side.
+"""The comparison report: every evaluated model against the baselines, with intervals, the spread across seeds, and a
+verdict a researcher can quote: which noise distribution is best, by how much, and which differences are larger
+than the noise.
 
-Reads the evaluate stage's metrics (``eval/<name>.json``) and writes ``report/report.md`` (a table per metric
-with the best model marked and, for array data, the real-vs-real floor), ``report/report.json`` (the same figures
-and the winners), a bar chart of the champion scores and, for images, every model's sample grid side by side; for
-array data, per-feature histograms of the best model of each transform against the held-out split.
+Writes ``report/report.md`` (verdict, tables, pictures), ``report/report.json`` (the same figures) and the
+compact ``metrics/report.json`` (each model's mean score, for ``dvc exp show``).
 """
 from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,137 @@ import numpy as np
 from .config import Config, Variant
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
-from .paths import data_dir, eval_dir, report_dir, train_dir
-from .visuals import plot_grids_side_by_side, plot_histograms, plot_scores, plot_training_curves
+from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
+from .scoring import lower_is_better
+from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_training_curves
 
-# What the table shows per data kind, lower is better for all; floors exist for array metrics.
-COLUMNS = {"image": ("fid", "kid", "swd_mean"),
-           "array": ("frac_non_positive", "wasserstein", "log_wasserstein", "correlation_distance")}
+BASELINES = ("floor", "ceiling", "trivial")
+BASELINE_WORDS = {"floor": "floor (real vs real)", "ceiling": "ceiling (autoencoder reconstructions)",
+                  "trivial": "trivial (Gaussian fitted to the latents)"}
+
+
+@dataclass
+class Group:
+    """One noise distribution under one transform: its replicates (one model per seed)."""
+
+    label: str
+    distribution: str
+    transform: str
+    records: list[dict]
+    metric: str
+
+    @property
+    def scores(self) -> list[float]:
+        return [r[self.metric] for r in self.records]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def spread(self) -> float | None:
+        """Standard deviation across seeds (None with one seed)."""
+        return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The bootstrap interval, with one seed."""
+        record = self.records[0]
+        if len(self.records) > 1 or f"{self.metric}_low" not in record:
+            return None
+        return record[f"{self.metric}_low"], record[f"{self.metric}_high"]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _with_interval(scores: dict, metric: str) -> str:
+    if f"{metric}_low" not in scores:
+        return _fmt(scores.get(metric))
+    return f"{_fmt(scores[metric])} [{_fmt(scores[f'{metric}_low'])}, {_fmt(scores[f'{metric}_high'])}]"
+
+
+def differs(a: Group, b: Group) -> bool:
+    """Whether the gap between two groups is larger than the noise: with seeds on both sides, more than twice the
+    standard error of the difference of the means; with one seed, non-overlapping bootstrap intervals."""
+    if a.spread is not None and b.spread is not None:
+        se = math.sqrt(a.spread**2 / len(a.scores) + b.spread**2 / len(b.scores))
+        return abs(a.mean - b.mean) > 2 * se
+    ia, ib = a.interval, b.interval
+    if ia is None or ib is None:
+        return False
+    return ia[1] < ib[0] or ib[1] < ia[0]
+
+
+def verdict(groups: list[Group], baselines: dict[str, dict], metric: str) -> list[str]:
+    """The conclusion in sentences: the best distribution, by how much, which gaps exceed the noise, and how the
+    models stand against the trivial generator and the autoencoder ceiling."""
+    ranked = sorted(groups, key=lambda g: g.mean)
+    best = ranked[0]
+    seeds = len(best.scores)
+    noise = (f"spread across {seeds} seeds ±{best.spread:.3g} (standard deviation)" if best.spread is not None
+             else "one seed; interval " + "[{:.4g}, {:.4g}]".format(*best.interval) if best.interval
+             else "one seed, no interval")
+    lines = [f"**Best: {best.label}**, {metric} {best.mean:.4g} ({noise}; lower is better)."]
+    for other in ranked[1:]:
+        gap = other.mean - best.mean
+        relative = f" ({gap / best.mean:+.0%})" if best.mean > 0 else ""
+        real = ("larger than the noise" if differs(best, other)
+                else "within the noise: not a real difference at this sample size")
+        lines.append(f"- {other.label}: {other.mean:.4g}, {gap:+.3g}{relative} against {best.label}: {real}.")
+    if seeds == 1:
+        lines.append("With one seed per model, run-to-run variation is not measured: set train.seeds=[0,1,2] "
+                     "(`logdiff run demo-replicates`) for the spread across seeds.")
+    models = [r for g in groups for r in g.records]
+    beaten = [r for r in models if r.get("beats_trivial") is False]
+    trivial = next((b["trivial"][metric] for b in baselines.values() if b.get("trivial")), None)
+    if trivial is not None:
+        if beaten:
+            names = ", ".join(f"{r['distribution']}-{r['transform']} (seed {r['seed']})" for r in beaten)
+            lines.append(f"**Not clearly better than the trivial generator** ({metric} {trivial:.4g}): {names}.")
+        else:
+            lines.append(f"Every model beats the trivial generator ({metric} {trivial:.4g}), intervals apart.")
+    ratios = [r["ceiling_ratio"] for r in models if r.get("ceiling_ratio") is not None]
+    if ratios:
+        floor = next(iter(baselines.values()))["floor"][metric]
+        lines.append(f"Distance above the real-vs-real floor ({floor:.4g}), in multiples of the autoencoder "
+                     f"ceiling's: {min(ratios):.2f} to {max(ratios):.2f} (1 = as good as the autoencoder's own "
+                     "reconstructions; a latent model cannot do much better).")
+    non_positive = {t: [r for r in models if r["transform"] == t and r.get("frac_non_positive", 0) > 0]
+                    for t in sorted({r["transform"] for r in models}) if "frac_non_positive" in models[0]}
+    for transform, bad in non_positive.items():
+        total = sum(1 for r in models if r["transform"] == transform)
+        worst = max((r["frac_non_positive"] for r in bad), default=0.0)
+        lines.append(f"{transform}: {len(bad)} of {total} models drew non-positive values"
+                     + (f" (at most {worst:.2%} of values)." if bad else "."))
+    return lines
+
+
+def common_metric(records: list[dict], baselines: dict[str, dict]) -> tuple[str, str | None]:
+    """The metric to rank by: the models' champion metric, or when theirs differ (say FID weights appeared between
+    two partial runs) one that every model and baseline has, with a sentence saying so: like with like."""
+    chosen = sorted({r["champion_metric"] for r in records})
+    if len(chosen) == 1:
+        return chosen[0], None
+    scored = [*records, *(b[name] for b in baselines.values() for name in BASELINES if b.get(name))]
+    common = next((m for m in (*chosen, *_RANKABLE) if all(m in r for r in scored)), None)
+    if common is None:
+        raise ValueError(f"the evaluated models share no metric ({', '.join(chosen)}); rerun the evaluate stages "
+                         "so all are scored alike (logdiff run --force, or dvc repro)")
+    counts = ", ".join(f"{m} for {sum(r['champion_metric'] == m for r in records)}" for m in chosen)
+    return common, (f"The models were ranked on different metrics ({counts}), so they are compared here on "
+                    f"{common}, which every model and baseline has. Rerun the evaluate stages to rank all alike.")
+
+
+# metrics a ranking can use when the models' own disagree, in order of preference (all lower is better)
+_RANKABLE = ("fid", "fd_classifier", "swd_mean", "wasserstein")
 
 
 def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
@@ -35,115 +161,112 @@ def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
     return found, missing
 
 
-def _format(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf"
-    return f"{value:.4g}"
-
-
-def _scored(rows: dict[Variant, dict], column: str) -> dict[Variant, float]:
-    return {v: r[column] for v, r in rows.items() if isinstance(r.get(column), (int, float))}
-
-
-def _best(rows: dict[Variant, dict], column: str) -> Variant | None:
-    scored = _scored(rows, column)
-    return min(scored, key=scored.get) if scored else None
-
-
-def _ties_for_best(rows: dict[Variant, dict], column: str) -> set[str]:
-    scored = _scored(rows, column)
-    return {v.name for v, value in scored.items() if value == min(scored.values())} if scored else set()
-
-
-def _by_transform(rows: dict[Variant, dict]) -> dict[str, dict[Variant, dict]]:
-    groups: dict[str, dict[Variant, dict]] = {}
+def _groups(rows: dict[Variant, dict], metric: str) -> list[Group]:
+    by_label: dict[str, Group] = {}
     for variant, record in rows.items():
-        groups.setdefault(variant.transform, {})[variant] = record
-    return groups
+        group = by_label.setdefault(variant.label, Group(variant.label, variant.distribution, variant.transform, [],
+                                                         metric))
+        group.records.append(record)
+    return list(by_label.values())
 
 
-def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], columns: list[str],
-              pictures: list[str]) -> str:
+def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], groups: list[Group],
+              baselines: dict[str, dict], metric: str, lines: list[str], pictures: list[str]) -> str:
     first = next(iter(rows.values()))
-    kind, metric = first["kind"], first["champion_metric"]
-    lines = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
-             f"{len(rows)} models, each sampled {first['num_samples']} times with "
-             f"{cfg.sample.sampler} ({cfg.sample.steps} steps). Lower is better everywhere; **bold** is the best "
-             f"in its column. Champions are chosen by `{metric}`.", ""]
-    unavailable = next((r["fid_unavailable"] for r in rows.values() if "fid_unavailable" in r), None)
-    if unavailable:
-        lines += [f"No FID or KID: {unavailable}", ""]
-    if kind == "array":
-        lines += [f"Array metrics compare generated samples with the held-out split in chunks of "
-                  f"{first.get('metric_sample_size', '?')} rows; the *floor* row is real training data against the "
-                  "same held-out split at the same size, the best a perfect model could expect.", ""]
-    bold = {column: _ties_for_best(rows, column) for column in columns}
-    lines += ["| model | distribution | transform | " + " | ".join(columns) + " |",
-              "| --- | --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
+    metrics = [m for m in _METRICS if all(m in r for r in rows.values())]
+    basis = first["basis"] if first["champion_metric"] == metric else metric
+    seeds = sorted({v.seed for v in rows})
+    out = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
+           f"{len(groups)} noise distribution x transform pairs, {len(seeds)} seed(s) each ({len(rows)} models), "
+           f"each sampled {first['num_samples']} times with {first['sampler']} ({first['steps']} steps).", "",
+           f"Ranked by **{basis}**.", "",
+           f"Every figure, baselines included, is computed at {first['metric_sample_size']} samples against the "
+           f"same reference ({first['reference']}), with {first['confidence']:.0%} bootstrap intervals "
+           f"({first['bootstrap']} resamples of the scored set). Lower is better, except precision, recall and class "
+           "entropy (higher, up to the floor's: real data scores those).", ""]
+    if "fid_unavailable" in first and metric != "fid":
+        out += [f"No FID: {first['fid_unavailable']}", ""]
+    out += ["## Verdict", "", *lines, ""]
+    out += ["## Baselines", "", "| baseline | transform | " + " | ".join(metrics) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    for transform, record in baselines.items():
+        for name in BASELINES:
+            if record.get(name):
+                cells = [_with_interval(record[name], m) for m in metrics]
+                out.append(f"| {BASELINE_WORDS[name]} | {transform} | " + " | ".join(cells) + " |")
+        if record.get("ceiling_note"):
+            out.append(f"| ceiling | {transform} | {record['ceiling_note']} |" + " |" * (len(metrics) - 1))
+    out += ["", "## Models", "",
+            "| model | seed | " + f"{metric} | beats trivial | x ceiling | " +
+            " | ".join(m for m in metrics if m != metric) + " |",
+            "| --- | ---: | ---: | :---: | ---: | " + " | ".join("---:" for m in metrics if m != metric) + " |"]
     for variant, record in rows.items():
-        cells = []
-        for column in columns:
-            text = _format(record.get(column))
-            cells.append(f"**{text}**" if variant.name in bold[column] else text)
-        lines.append(f"| {variant.label} | {variant.distribution} | {variant.transform} | " + " | ".join(cells) + " |")
-    if kind == "array":
-        lines.append("| *floor (real vs real)* | | | " +
-                     " | ".join(_format(first.get(f"floor_{c}")) for c in columns) + " |")
+        others = [_fmt(record.get(m)) for m in metrics if m != metric]
+        out.append(f"| {variant.label} | {variant.seed} | {_with_interval(record, metric)} | "
+                   f"{_fmt(record.get('beats_trivial'))} | {_fmt(record.get('ceiling_ratio'))} | "
+                   + " | ".join(others) + " |")
+    if len(seeds) > 1:
+        out += ["", "## Across seeds", "", f"| model | {metric} mean | std across seeds | seeds |",
+                "| --- | ---: | ---: | ---: |"]
+        out += [f"| {g.label} | {g.mean:.4g} | {_fmt(g.spread)} | {len(g.scores)} |"
+                for g in sorted(groups, key=lambda g: g.mean)]
     if missing:
-        lines += ["", "Not evaluated (training failed or not run): " + ", ".join(v.label for v in missing) + "."]
-    groups = _by_transform(rows)
-    if len(groups) > 1:
-        lines += ["", f"Per transform, over its {len(cfg.diffusion.distributions)} noise distributions:", "",
-                  f"| transform | best model | best `{metric}` | mean `{metric}` | models with non-positive samples |",
-                  "| --- | --- | ---: | ---: | ---: |"]
-        for transform, subset in sorted(groups.items()):
-            best = _best(subset, metric)
-            mean = float(np.mean(list(_scored(subset, metric).values())))
-            negative = sum(1 for r in subset.values() if r.get("frac_non_positive", 0) > 0)
-            lines.append(f"| {transform} | {best.label} | {_format(subset[best][metric])} | {_format(mean)} | "
-                         f"{negative} of {len(subset)} |")
-    lines += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
-    return "\n".join(lines)
+        out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]
+    out += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
+    return "\n".join(out)
+
+
+# what the tables show, in this order, when a record has them
+_METRICS = ("fid", "kid", "fd_classifier", "precision", "recall", "class_entropy", "swd_mean", "wasserstein",
+            "log_wasserstein", "correlation_distance", "frac_non_positive")
 
 
 def write_report(cfg: Config) -> dict:
-    """Write the comparison of every evaluated model; returns the winners and the table."""
+    """Write the comparison of every evaluated model; returns its summary (also ``report.json``)."""
     rows, missing = _collect(cfg)
     if not rows:
         raise FileNotFoundError(f"no evaluated models under {eval_dir(cfg, cfg.variants()[0]).parent}; "
                                 "run the evaluate stages first")
-    first = next(iter(rows.values()))
-    kind, metric = first["kind"], first["champion_metric"]
-    columns = [c for c in COLUMNS[kind] if any(c in r for r in rows.values())]
-    winners = {c: best.name for c in [*columns, metric] if (best := _best(rows, c)) is not None}
-    summary = {"champion_metric": metric, "best": winners.get(metric), "winners": winners,
-               "missing": [v.name for v in missing],
-               "models": {v.name: {"distribution": v.distribution, "transform": v.transform,
-                                   **{c: r.get(c) for c in columns},
-                                   **({f"floor_{c}": r.get(f"floor_{c}") for c in columns} if kind == "array" else {})}
-                          for v, r in rows.items()}}
+    baselines = {t: read_json(baselines_dir(cfg, t) / "record.json") for t in cfg.diffusion.transforms
+                 if (baselines_dir(cfg, t) / "record.json").exists()}
+    metric, note = common_metric(list(rows.values()), baselines)
+    groups = _groups(rows, metric)
+    lines = ([note] if note else []) + verdict(groups, baselines, metric)
+    best = min(groups, key=lambda g: g.mean)
+    summary = {"champion_metric": metric, "lower_is_better": lower_is_better(metric), "best": best.label,
+               "verdict": lines, "baselines": baselines, "missing": [v.name for v in missing],
+               "groups": {g.label: {"mean": g.mean, "spread": g.spread, "seeds": len(g.scores)} for g in groups},
+               "models": {v.name: {k: r.get(k) for k in ("distribution", "transform", "seed", metric,
+                                                            f"{metric}_low", f"{metric}_high", "beats_trivial",
+                                                            "ceiling_ratio")} for v, r in rows.items()}}
     with stage_output(report_dir(cfg), "report") as out:
-        pictures = [plot_scores({v.label: r[metric] for v, r in rows.items()}, {v.label: v.transform for v in rows},
-                                metric, first.get(f"floor_{metric}"), out / "scores.png").name,
-                    plot_training_curves({v.label: _read_csv(train_dir(cfg, v) / "history.csv") for v in rows},
-                                         {v.label: _read_csv(train_dir(cfg, v) / "curve.csv") for v in rows},
+        first_seed = {g.label: next(v for v in rows if v.label == g.label) for g in groups}
+        pictures = [plot_ranking(groups, baselines, metric, out / "scores.png").name,
+                    plot_training_curves({v.name: _read_csv(train_dir(cfg, v) / "history.csv") for v in rows},
+                                         {v.name: _read_csv(train_dir(cfg, v) / "curve.csv") for v in rows},
                                          out / "curves.png").name]
-        if kind == "image":
-            grids = {v.label: eval_dir(cfg, v) / "samples.png" for v in rows
-                     if (eval_dir(cfg, v) / "samples.png").exists()}
-            if grids:
-                pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
+        if next(iter(rows.values()))["kind"] == "image":
+            grids = {label: eval_dir(cfg, v) / "samples.png" for label, v in first_seed.items()}
+            for transform in baselines:
+                for name in ("trivial", "ceiling"):
+                    if (picture := baselines_dir(cfg, transform) / f"{name}.png").exists():
+                        grids[name] = picture
+            pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
         else:
-            best_per_transform = {best.label: np.loadtxt(eval_dir(cfg, best) / "samples.csv", delimiter=",",
-                                                         skiprows=1, ndmin=2)
-                                  for subset in _by_transform(rows).values() if (best := _best(subset, metric))}
+            best_per_transform = {}
+            for transform in cfg.diffusion.transforms:
+                candidates = [g for g in groups if g.transform == transform]
+                if candidates:
+                    top = min(candidates, key=lambda g: g.mean)
+                    best_per_transform[top.label] = np.loadtxt(eval_dir(cfg, first_seed[top.label]) / "samples.csv",
+                                                               delimiter=",", skiprows=1, ndmin=2)
             held_out = load_split(data_dir(cfg), "val").values
             names = load_manifest(data_dir(cfg)).get("feature_names") or []
             pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
-        atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, columns, pictures))
+        atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
+                                                       pictures))
         write_json(out / "report.json", summary)
+    write_json(metrics_file(cfg, "report"), {g.label: g.mean for g in groups})
     return summary
 
 

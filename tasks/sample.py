@@ -3,7 +3,7 @@ as JSON in the file's header, nothing pickled. Load it and sample."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,13 @@ def build_network(spec: dict, schedule: Schedule) -> nn.Module:
 
 
 @dataclass
+class Generated:
+    data: np.ndarray  # uint8 [n, C, H, W] images or float [n, F] arrays, in the data's units
+    latents: torch.Tensor  # the samples in the diffusion space, before decoding
+    trajectories: samplers.SampleResult | None  # both trajectories of the first samples of the same call
+
+
+@dataclass
 class TrainedModel:
     denoiser: nn.Module
     schedule: Schedule
@@ -50,11 +57,10 @@ class TrainedModel:
     feature_names: list[str] | None = None  # array data: column names in the original units
 
     @torch.no_grad()
-    def generate(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                 langevin_steps: int | None = None, langevin_snr: float | None = None, batch_size: int | None = None,
-                 seed: int = 0, device: str = "auto", progress: bool = True,
-                 return_latents: bool = False) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
-        """``n`` samples in data units: uint8 [n, C, H, W] images or float [n, F] arrays.
+    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+               langevin_steps: int | None = None, langevin_snr: float | None = None, batch_size: int | None = None,
+               seed: int = 0, device: str = "auto", progress: bool = True, trajectories: int = 0) -> Generated:
+        """``n`` samples, and the sampling and denoising trajectories of the first ``trajectories`` of them.
 
         Unset options fall back to the ``sample`` section of the config the model was trained with.
         """
@@ -68,16 +74,24 @@ class TrainedModel:
         self.denoiser.to(dev).eval()
         schedule = self.schedule.to(dev)
         generator = torch.Generator(device=dev).manual_seed(seed)
-        outputs, latents = [], []
+        outputs, latents, kept = [], [], None
         batches = math.ceil(n / batch_size)
         for i in tqdm(range(batches), desc=f"sampling {self.distribution}", disable=not progress or batches == 1):
             count = min(batch_size, n - i * batch_size)
             result = samplers.sample(self.denoiser, schedule, self.noise, (count, *self.codec.latent_shape),
-                                     generator=generator, device=dev, progress=progress and batches == 1, **opts)
+                                     generator=generator, device=dev, progress=progress and batches == 1,
+                                     return_trajectories=i == 0 and trajectories > 0, **opts)
+            if result.trajectory is not None:
+                kept = replace(result, samples=result.samples[:trajectories].cpu(),
+                               trajectory=[x[:trajectories] for x in result.trajectory],
+                               denoised=[x[:trajectories] for x in result.denoised])
             latents.append(result.samples.cpu())
             outputs.append(self.codec.decode(result.samples))
-        data = np.concatenate(outputs)
-        return (data, torch.cat(latents)) if return_latents else data
+        return Generated(np.concatenate(outputs), torch.cat(latents), kept)
+
+    def generate(self, n: int, **options) -> np.ndarray:
+        """``n`` samples in data units (see ``sample`` for the options)."""
+        return self.sample(n, **options).data
 
 
 MODEL_FORMAT = "logdiff-model/2"

@@ -1,28 +1,46 @@
-"""How generated samples are scored, for every stage that scores: standard FID/KID when the Inception weights
-can be had, the weight-free distances that always work offline, the real-vs-real floor for array data, and the
-metric champions are chosen by.
+"""How sets of samples are scored, for every stage that scores (baselines, evaluate, training curves, the report).
+
+One ``Scorer`` per experiment and data transform. It compares any set of samples with one reference, always at
+the same sample size, so that every figure carries the same finite-sample bias: a set larger than that size is
+scored as the mean over disjoint chunks of it. Every metric comes with a bootstrap interval over the scored set.
+
+Images: the reference is the training split; the figures come from the judge classifier's features
+(``fd_classifier``, precision, recall, class entropy), from Inception's (FID, KID) when its weights can be had,
+and from pixels (the multi-scale sliced Wasserstein distance) when neither is there or it is asked for.
+Arrays: the reference is the held-out split (the training rows are the real-vs-real floor); per-feature
+Wasserstein distances on both scales, the correlation distance and the non-positive fraction.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Callable
 
 import numpy as np
 import torch
 
+from logdiff_core import classifier as judges
 from logdiff_core import noise as noise_lib
-from logdiff_core.metrics import (array_metrics, feature_statistics, fraction_non_positive,
-                                  kernel_inception_distance, sliced_wasserstein_distance)
+from logdiff_core.metrics import (array_metrics, class_entropy, feature_statistics, frechet_distance,
+                                  kernel_inception_distance, precision_recall, sliced_wasserstein_distance)
 
 from .codec import load_codec
 from .config import Config, Variant
-from .data import load_split
-from .fid import FIDUnavailable, InceptionFeatures, fid_from_features, reference_statistics, resolve_fid_weights
-from .paths import data_dir
+from .data import load_manifest, load_split
+from .fid import FIDUnavailable, InceptionFeatures, reference_features, resolve_fid_weights
+from .io import load_safetensors, read_json
+from .paths import MODEL_FILE, classifier_dir, data_dir, fid_reference_file
 from .runtime import resolve_device
 from .sample import TrainedModel, schedule_from
 
-# Lower is better for every metric a champion can be chosen by.
-WEIGHT_FREE = {"image": "swd_mean", "array": "wasserstein"}
+# Lower is better for all but these, whose best value is the real data's own.
+HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_entropy"})
+REFERENCE_CAP = 10_000  # reference images (training split) for the statistics: enough, and bounded in time
+COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD): seconds per resample
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric not in HIGHER_IS_BETTER
 
 
 def subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -32,73 +50,207 @@ def subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
     return values[np.sort(np.random.default_rng(seed).choice(len(values), n, replace=False))]
 
 
-def image_fid(cfg: Config, generated: np.ndarray, reference: np.ndarray, stats_cache: Path | None) -> dict:
-    """FID and KID of uint8 images against ``reference``; ``{"fid_unavailable": reason}`` without weights."""
+@dataclass
+class Measure:
+    """Metrics computed from a per-sample representation (``embed``: samples -> rows), so that a bootstrap only
+    resamples rows of it; ``resamples`` caps the bootstrap for metrics that cost seconds each."""
+
+    names: tuple[str, ...]
+    embed: Callable[[np.ndarray], dict[str, np.ndarray]]
+    measure: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    resamples: int | None = None
+
+
+@dataclass
+class Scorer:
+    kind: str  # "image" | "array"
+    size: int  # every set is scored at this many samples
+    measures: list[Measure]
+    champion: str  # the metric models are ranked and champions chosen by (lower is better)
+    basis: str  # one line: what the champion metric is, and why this one
+    bootstrap: int
+    confidence: float
+    seed: int
+    notes: dict  # what a reader needs beside the figures (judge accuracy, why FID is missing, ...)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [name for measure in self.measures for name in measure.names]
+
+    def score(self, samples: np.ndarray) -> dict:
+        """``{metric: value, metric_low: ..., metric_high: ...}`` for a set of at least ``size`` samples."""
+        if len(samples) < self.size:
+            raise ValueError(f"scoring needs at least {self.size} samples (the sample size every set is scored "
+                             f"at), got {len(samples)}; raise eval.num_samples")
+        rng = np.random.default_rng(self.seed)
+        z = NormalDist().inv_cdf(0.5 + self.confidence / 2)
+        scores: dict[str, float] = {}
+        for measure in self.measures:
+            rows = measure.embed(samples)
+            values = self._chunk_mean(measure, rows)
+            scores.update(values)
+            resamples = min(self.bootstrap, measure.resamples or self.bootstrap)
+            if resamples < 2:
+                continue
+            n = len(samples)
+            draws = [self._chunk_mean(measure, {k: v[idx] for k, v in rows.items()})
+                     for idx in rng.integers(0, n, size=(resamples, n))]
+            for name in measure.names:
+                spread = z * float(np.std([d[name] for d in draws], ddof=1))
+                scores[f"{name}_low"], scores[f"{name}_high"] = values[name] - spread, values[name] + spread
+        return scores
+
+    def _chunk_mean(self, measure: Measure, rows: dict[str, np.ndarray]) -> dict[str, float]:
+        n = len(next(iter(rows.values())))
+        chunks = [measure.measure({k: v[i:i + self.size] for k, v in rows.items()})
+                  for i in range(0, n - self.size + 1, self.size)]
+        return {name: float(np.mean([c[name] for c in chunks])) for name in measure.names}
+
+    def describe(self) -> dict:
+        return {"champion_metric": self.champion, "basis": self.basis, "metric_sample_size": self.size,
+                "confidence": self.confidence, "bootstrap": self.bootstrap, **self.notes}
+
+
+def load_judge(cfg: Config) -> tuple[judges.Judge | None, dict]:
+    """The classifier stage's judge (None when there is none) and its record, which says why not."""
+    record = read_json(classifier_dir(cfg) / "record.json")
+    if not record.get("available"):
+        return None, record
+    tensors, settings = load_safetensors(classifier_dir(cfg) / MODEL_FILE, "judge classifier")
+    model = judges.Judge(**settings["init"])
+    model.load_state_dict(tensors)
+    return model.eval(), record
+
+
+def _judge_measure(judge: judges.Judge, reference: np.ndarray, size: int, device) -> Measure:
+    ref_features, _ = judges.predict(judge, reference, device=device)
+    ref_stats = feature_statistics(ref_features)
+    ref_subset = subset(ref_features, size, 0)  # precision/recall compare sets of equal size
+
+    def measure(rows: dict[str, np.ndarray]) -> dict[str, float]:
+        precision, recall = precision_recall(ref_subset, rows["features"])
+        return {"fd_classifier": frechet_distance(*feature_statistics(rows["features"]), *ref_stats),
+                "precision": precision, "recall": recall, "class_entropy": class_entropy(rows["probabilities"])}
+
+    def embed(images: np.ndarray) -> dict[str, np.ndarray]:
+        features, probabilities = judges.predict(judge, images, device=device)
+        return {"features": features, "probabilities": probabilities}
+
+    return Measure(("fd_classifier", "precision", "recall", "class_entropy"), embed, measure)
+
+
+def _inception_measure(extractor: InceptionFeatures, reference_feats: np.ndarray) -> Measure:
+    ref_stats = feature_statistics(reference_feats)
+
+    def measure(rows: dict[str, np.ndarray]) -> dict[str, float]:
+        kid, _ = kernel_inception_distance(rows["features"], reference_feats, num_subsets=20,
+                                           subset_size=min(1000, len(rows["features"])))
+        return {"fid": frechet_distance(*feature_statistics(rows["features"]), *ref_stats), "kid": kid}
+
+    return Measure(("fid", "kid"), lambda images: {"features": extractor(images)}, measure, COSTLY_RESAMPLES)
+
+
+def _swd_measure(reference: np.ndarray) -> Measure:
+    return Measure(("swd_mean",), lambda images: {"images": images},
+                   lambda rows: {"swd_mean": sliced_wasserstein_distance(rows["images"], reference)["swd_mean"]},
+                   COSTLY_RESAMPLES)
+
+
+def inception_or_reason(cfg: Config) -> tuple[InceptionFeatures | None, str | None]:
+    """The Inception extractor when FID is wanted and its weights can be had; else why not (or an error when
+    ``eval.fid_required``)."""
     if not cfg.eval.fid:
-        return {}
+        return None, "eval.fid is false"
     try:
-        extractor = InceptionFeatures(resolve_fid_weights(cfg.eval.fid_weights), resolve_device(cfg.train.device))
+        return InceptionFeatures(resolve_fid_weights(cfg.eval.fid_weights), resolve_device(cfg.train.device)), None
     except FIDUnavailable as err:
         if cfg.eval.fid_required:
             raise FIDUnavailable(f"{err} (eval.fid_required is true)") from None
-        return {"fid_unavailable": str(err)}
-    if stats_cache is not None:
-        ref_features = None
-        ref_stats = reference_statistics(reference, extractor, stats_cache)
+        return None, str(err)
+
+
+def build_scorer(cfg: Config, bootstrap: int | None = None, size: int | None = None) -> Scorer:
+    """The experiment's scorer: what its models, baselines and curves are measured with. ``bootstrap`` and
+    ``size`` override the config's (training curves use none and fewer samples)."""
+    train, held_out = load_split(data_dir(cfg), "train"), load_split(data_dir(cfg), "val")
+    n = cfg.eval.num_samples
+    bootstrap = cfg.eval.bootstrap if bootstrap is None else bootstrap
+    common = dict(bootstrap=bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
+    if train.kind == "array":
+        size = size or min(n, len(train.values))
+        reference = held_out.values
+        measure = Measure(("wasserstein", "log_wasserstein", "correlation_distance", "frac_non_positive"),
+                          lambda values: {"values": values}, lambda rows: array_metrics(rows["values"], reference))
+        chosen = _champion(cfg, measure.names, "wasserstein")
+        basis = (f"{chosen}: per-feature Wasserstein-1 distance to the held-out split over the feature's std"
+                 if chosen == "wasserstein" else f"{chosen}: set by eval.champion_metric")
+        return Scorer("array", size, [measure], chosen, basis, notes={"reference": "held-out split"}, **common)
+
+    size = size or min(n, len(held_out.values))
+    device = resolve_device(cfg.train.device)
+    reference = subset(train.values, REFERENCE_CAP, cfg.seed)
+    measures, notes = [], {"reference": f"{len(reference)} training images"}
+    judge, judge_record = load_judge(cfg)
+    if judge is not None:
+        measures.append(_judge_measure(judge, reference, size, device))
+        notes["judge_accuracy"] = judge_record["accuracy"]
     else:
-        ref_features = extractor(reference)
-        ref_stats = feature_statistics(ref_features)
-    features = extractor(generated)
-    result = {"fid": fid_from_features(features, ref_stats), "fid_samples": len(generated),
-              "fid_reference_samples": len(reference)}
-    if ref_features is not None:
-        result["kid"], result["kid_std"] = kernel_inception_distance(features, ref_features)
-    return result
+        notes["judge_unavailable"] = judge_record["reason"]
+    extractor, fid_reason = inception_or_reason(cfg)
+    if extractor is not None:
+        content_hash = load_manifest(data_dir(cfg))["content_hash"]
+        measures.append(_inception_measure(extractor, reference_features(
+            reference, extractor, fid_reference_file(cfg, content_hash, len(reference)))))
+    else:
+        notes["fid_unavailable"] = fid_reason
+    if not measures or cfg.eval.champion_metric == "swd_mean":
+        measures.append(_swd_measure(subset(reference, size, cfg.seed)))
+    names = [name for measure in measures for name in measure.names]
+    chosen = _champion(cfg, names, next(m for m in ("fid", "fd_classifier", "swd_mean") if m in names))
+    return Scorer("image", size, measures, chosen, _image_basis(chosen, notes), notes=notes, **common)
 
 
-def sample_metrics(cfg: Config, kind: str, generated: np.ndarray, reference: np.ndarray,
-                   stats_cache: Path | None = None) -> dict:
-    """The metrics of ``generated`` against ``reference`` for this data kind (weight-free always, FID if it can)."""
-    if kind == "image":
-        return {**sliced_wasserstein_distance(generated, reference), **image_fid(cfg, generated, reference, stats_cache)}
-    return array_metrics(generated, reference)
+def _champion(cfg: Config, computed: tuple[str, ...] | list[str], automatic: str) -> str:
+    chosen = cfg.eval.champion_metric
+    if chosen == "auto":
+        return automatic
+    if chosen not in computed:
+        raise ValueError(f"eval.champion_metric={chosen} is not computed for this data; computed: "
+                         f"{', '.join(computed)} (or auto)")
+    if not lower_is_better(chosen):
+        raise ValueError(f"eval.champion_metric={chosen}: champions need a distance (lower is better); "
+                         f"{chosen} is reported beside it")
+    return chosen
 
 
-def champion_metric(cfg: Config, kind: str, metrics: dict) -> str:
-    """The metric champions are chosen by: ``eval.champion_metric``, or FID when available, else weight-free."""
-    if cfg.eval.champion_metric != "auto":
-        if cfg.eval.champion_metric not in metrics:
-            raise ValueError(f"eval.champion_metric={cfg.eval.champion_metric} was not computed; "
-                             f"available: {', '.join(sorted(k for k, v in metrics.items() if isinstance(v, float)))}")
-        return cfg.eval.champion_metric
-    return "fid" if "fid" in metrics else WEIGHT_FREE[kind]
-
-
-def array_metrics_with_floor(generated: np.ndarray, held_out: np.ndarray, train: np.ndarray, seed: int) -> dict:
-    """Array metrics of ``generated`` vs ``held_out`` and the real-vs-real floor (``floor_*``), at equal sample
-    sizes: the floor compares ``m`` training rows with the held-out split, and the generated figures are the
-    mean over disjoint chunks of ``m`` samples. (A sample-size mismatch biases a distance: more rows, less noise.)"""
-    m = min(len(train), len(generated))
-    floor = array_metrics(subset(train, m, seed), held_out)
-    chunks = [array_metrics(generated[i:i + m], held_out) for i in range(0, len(generated) - m + 1, m)]
-    metrics = {k: float(np.mean([c[k] for c in chunks])) for k in chunks[0]}
-    metrics["frac_non_positive"] = fraction_non_positive(generated)  # over every sample, not the chunks
-    return {**metrics, "metric_sample_size": m, **{f"floor_{k}": v for k, v in floor.items()}}
+def _image_basis(chosen: str, notes: dict) -> str:
+    if chosen == "fid":
+        return "fid: standard FID (TF-ported Inception, uint8 images, float64 statistics)"
+    if chosen == "fd_classifier":
+        why = f" (FID unavailable: {notes['fid_unavailable']})" if "fid_unavailable" in notes else ""
+        return (f"fd_classifier: Fréchet distance in the penultimate features of a classifier trained on the "
+                f"training labels, {notes['judge_accuracy']:.1%} held-out accuracy; not FID{why}")
+    if chosen == "swd_mean":
+        why = notes.get("judge_unavailable") or "set by eval.champion_metric"
+        return f"swd_mean: multi-scale sliced Wasserstein distance on pixels; no judge classifier ({why})"
+    return f"{chosen}: set by eval.champion_metric"
 
 
 def curve_evaluator(cfg: Config, variant: Variant, num_samples: int = 256):
-    """For training curves: the weight-free distance (and FID when available) of the EMA model every k steps."""
+    """For training curves: the champion metric of the EMA model every ``train.eval_every`` steps, on fewer
+    samples and without intervals (so not comparable with the final evaluation's figure, only with itself)."""
+    scorer = build_scorer(cfg, bootstrap=0)
+    scorer.size = min(scorer.size, num_samples)
     codec = load_codec(cfg, variant.transform)
-    reference_split = load_split(data_dir(cfg), "train" if codec.kind == "image" else "val")
-    reference = subset(reference_split.values, num_samples, cfg.seed)
     schedule = schedule_from(cfg.to_dict())
     noise = noise_lib.get(variant.distribution, **cfg.diffusion.distributions[variant.distribution])
+    measure = next(m for m in scorer.measures if scorer.champion in m.names)
+    scorer.measures = [measure]
 
     def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
         model = TrainedModel(ema_model, schedule, noise, codec, variant.distribution, cfg.to_dict())
         device = next(ema_model.parameters()).device
-        generated = model.generate(len(reference), seed=cfg.seed + step, device=str(device), progress=False)
-        metrics = sample_metrics(cfg, codec.kind, generated, reference)
-        return {f"curve_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        generated = model.generate(scorer.size, seed=variant.seed + step, device=str(device), progress=False)
+        return {f"curve_{scorer.champion}": scorer.score(generated)[scorer.champion]}
 
     return evaluate_now

@@ -73,7 +73,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
                     evaluator: Evaluator | None = None, progress: bool = True) -> dict:
     """Train (or resume) the denoiser for ``variant``; write its folder (model file, ``history.csv``, ``curve.csv``,
     ``curves.png``, ``record.json``) and its headline figures in ``metrics/train/<name>.json``."""
-    variant = cfg.variant(variant.distribution, variant.transform)  # a configured one, or a clear error
+    variant = cfg.variant(variant.distribution, variant.transform, variant.seed)  # a configured one, or a clear error
     distribution = variant.distribution
     params = cfg.diffusion.distributions[distribution]
     noise = noise_lib.get(distribution, **params)
@@ -87,15 +87,15 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         device = torch.device("cuda", torch.cuda.current_device())
     check_replaceable(train_dir(cfg, variant))  # before the work, not after it
 
-    # A per-model, per-rank stream: models differ, and DDP ranks draw different batches.
-    seed_everything(cfg.seed)
-    stream_seed = cfg.seed * 1_000_003 + zlib.crc32(variant.name.encode()) + 7919 * rank
+    # A per-model, per-rank stream: models (and replicates) differ, and DDP ranks draw different batches.
+    seed_everything(variant.seed)
+    stream_seed = (cfg.seed * 1_000_003 + zlib.crc32(variant.name.encode()) + 7919 * rank) % 2**63
     gen = torch.Generator(device=device).manual_seed(stream_seed)
     data = load_latents(cfg, variant.transform, "train").to(device)
     latent_shape = tuple(latents_manifest(cfg, variant.transform)["latent_shape"])
     spec = network_spec(cfg.to_dict(), latent_shape)
     schedule = schedule_from(cfg.to_dict()).to(device)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    torch.manual_seed(variant.seed)  # identical initial weights on every rank
     model = build_network(spec, schedule).to(device)
     cuda = device.type == "cuda"
     if cuda and tc.channels_last and data.dim() == 4:
@@ -175,7 +175,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     trained_steps = tc.steps - start
     # the folder holds what the run made, identical whoever runs it (and however often it was resumed); how the
     # run went goes to metrics/ and MLflow only
-    record = {"distribution": distribution, "transform": variant.transform, "noise_params": params,
+    record = {"distribution": distribution, "transform": variant.transform, "seed": variant.seed, "noise_params": params,
               "steps": tc.steps, "final_loss": history[-1]["loss"] if history else None,
               "parameters": count_parameters(model), "device": str(device), "world_size": world,
               "fingerprint": checkpoint.fingerprint}

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: stages run in workers and CI without a display
@@ -79,21 +78,32 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
     return save_figure(fig, path)
 
 
-def plot_scores(scores: dict[str, float], groups: dict[str, str], metric: str, floor: float | None,
-                path: str | Path) -> Path:
-    """Horizontal bars of one metric per model (lower is better), coloured by group (the transform), with the
-    real-vs-real floor when there is one."""
-    labels = list(scores)
-    colours = {g: f"C{i}" for i, g in enumerate(dict.fromkeys(groups.values()))}
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 1.2))
-    ax.barh(labels, [scores[k] for k in labels], color=[colours[groups[k]] for k in labels])
-    handles = [matplotlib.patches.Patch(color=c, label=g) for g, c in colours.items()]
-    if floor is not None:
-        handles.append(ax.axvline(floor, color="black", linestyle="--", label="floor (real vs real)"))
-    ax.legend(handles=handles, fontsize=8)
+def plot_ranking(groups, baselines: dict[str, dict], metric: str, path: str | Path) -> Path:
+    """Each model (noise distribution x transform) ranked by ``metric``, best on top: its seeds as dots, the mean
+    with an error bar (the spread across seeds, or with one seed the bootstrap interval), and the baselines as
+    vertical lines (lower is better)."""
+    ranked = sorted(groups, key=lambda g: g.mean)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(ranked) + 1.6))
+    for row, group in enumerate(ranked):
+        if group.spread is not None:
+            low = high = group.spread
+        else:
+            low, high = (group.mean - group.interval[0], group.interval[1] - group.mean) if group.interval else (0, 0)
+        ax.errorbar(group.mean, row, xerr=[[low], [high]], fmt="o", color="C0", capsize=4)
+        ax.scatter(group.scores, [row] * len(group.scores), color="C0", alpha=0.35, s=14)
+    styles = {"floor": ("black", "--"), "ceiling": ("C2", ":"), "trivial": ("C3", "-.")}
+    drawn = set()
+    for transform, record in baselines.items():
+        for name, (colour, style) in styles.items():
+            if record.get(name) and (name, record[name][metric]) not in drawn:
+                drawn.add((name, record[name][metric]))
+                label = name if len(baselines) == 1 or name == "floor" else f"{name} ({transform})"
+                ax.axvline(record[name][metric], color=colour, linestyle=style, label=label)
+    ax.set_yticks(range(len(ranked)), [g.label for g in ranked])
     ax.invert_yaxis()
     ax.set(xlabel=f"{metric} (lower is better)")
     ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 
 

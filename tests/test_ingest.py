@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,18 @@ import torch
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
-from tasks.config import IMAGE_SOURCES, Config, from_dict
+from tasks.config import Config, ConfigError, from_dict
 from tasks.data import content_hash, float_to_images, images_to_float, load_split
 from tasks.ingest import ingest
-from tasks.io import read_json
+from tasks.io import MARKER, read_json
+from tasks.sources import SOURCES
 
 
 def make_cfg(workdir: Path, seed: int = 0, **data) -> Config:
-    raw = {"workdir": str(workdir), "seed": seed, "data": data}
-    if data.get("source", "digits") not in IMAGE_SOURCES:  # the config insists on a vector model for array data
+    raw = {"seed": seed, "data": data}
+    if SOURCES[data.get("source", "digits")].kind == "array":  # the config insists on a vector model for arrays
         raw |= {"autoencoder": {"kind": "none"}, "network": {"kind": "mlp"}}
-    return from_dict(raw)
+    return replace(from_dict(raw), workdir=str(workdir))  # as the flow does: the experiment folder, absolute
 
 
 def load_all(workdir: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -33,7 +35,7 @@ def load_all(workdir: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def data_files(workdir: Path) -> list[str]:
-    return sorted(p.name for p in (workdir / "data").iterdir())
+    return sorted(p.name for p in (workdir / "data").iterdir() if p.name != MARKER)
 
 
 def write_pets(root: Path) -> list[np.ndarray]:
@@ -184,8 +186,8 @@ def test_arrays_1d_and_bad_row_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", ["folder", "arrays"])
 def test_path_required_and_must_exist(tmp_path: Path, source: str) -> None:
-    with pytest.raises(ValueError, match=f"^data.path: required for source={source}$"):
-        ingest(make_cfg(tmp_path / "w", source=source))
+    with pytest.raises(ConfigError, match=f"^data.path: data.source={source} reads .*; set data.path to it$"):
+        make_cfg(tmp_path / "w", source=source)
     missing = tmp_path / "nowhere.npy"
     with pytest.raises(FileNotFoundError) as err:
         ingest(make_cfg(tmp_path / "w", source=source, path=str(missing)))
@@ -265,7 +267,8 @@ def test_failed_ingest_leaves_previous_data_and_no_temp_files(tmp_path: Path, mo
     with pytest.raises(OSError, match="disk full"):
         ingest(make_cfg(workdir, seed=1, limit=200, shard_rows=50))
     assert len(written) == 2  # it failed midway, after one complete shard
-    leftovers = [p.name for p in workdir.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    leftovers = [p.name for p in workdir.rglob("*") if p.name != MARKER and (p.name.startswith(".") or
+                                                                              p.suffix == ".tmp")]
     assert leftovers == []
     if previous:
         assert read_json(workdir / "data" / "manifest.json") == old
@@ -318,3 +321,9 @@ def test_tarball_members_outside_the_destination_are_refused(tmp_path: Path, mon
     with tarfile.open(archive) as tar:
         safe_extract(tar, dest)
     assert (dest / "batches" / "ok.bin").read_bytes() == b"abc"
+
+
+def test_every_source_in_the_table_has_a_reader_and_back() -> None:
+    from tasks.ingest import READERS
+
+    assert set(READERS) == set(SOURCES)

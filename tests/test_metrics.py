@@ -214,15 +214,14 @@ def test_download_weights_is_atomic(tmp_path):
     assert sorted(p.name for p in dest.parent.iterdir()) == ["weights.pth"]  # no partial files left
 
 
-def test_reference_statistics_cached_and_recomputed_on_count_change(tmp_path):
+def test_reference_features_cached_and_recomputed_on_count_change(tmp_path):
     features = random_features(50, 16, seed=11)
     images = np.zeros((50, 1, 8, 8), np.uint8)
-    cache = tmp_path / "ref_stats.npz"
-    mu, sigma = fid.reference_statistics(images, lambda x: features[:len(x)], cache)
-    cached_mu, cached_sigma = fid.reference_statistics(images, lambda x: pytest.fail("cache not used"), cache)
-    np.testing.assert_array_equal(cached_mu, mu)
-    np.testing.assert_array_equal(cached_sigma, sigma)
-    assert fid.fid_from_features(features, (mu, sigma)) == pytest.approx(0, abs=1e-9)
-    fewer_mu, _ = fid.reference_statistics(images[:30], lambda x: features[:len(x)], cache)
-    np.testing.assert_allclose(fewer_mu, features[:30].mean(axis=0))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref_stats.npz"]
+    cache = tmp_path / "ref_features.npz"
+    first = fid.reference_features(images, lambda x: features[:len(x)], cache)
+    cached = fid.reference_features(images, lambda x: pytest.fail("cache not used"), cache)
+    np.testing.assert_array_equal(cached, first)
+    np.testing.assert_allclose(first, features, rtol=1e-6)  # stored as float32
+    fewer = fid.reference_features(images[:30], lambda x: features[:len(x)], cache)
+    np.testing.assert_allclose(fewer, features[:30], rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref_features.npz"]

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 TINY = [
     "data.limit=200", "autoencoder.steps=10", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
     "network.base_channels=8", "network.num_heads=2", "train.steps=10", "train.batch_size=32", "train.log_every=5",
-    "train.eval_every=5", "sample.steps=5", "eval.num_samples=32", "eval.fid=false",
+    "train.eval_every=5", "sample.steps=5", "eval.num_samples=32", "eval.fid=false", "eval.bootstrap=10",
+    "classifier.steps=30", "classifier.base_channels=8",
     "diffusion.distributions={gaussian: {}, student_t: {nu: 5}}",
 ]
 
@@ -57,31 +58,35 @@ def dvc_status(experiment):
 
 def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     root, summary = project
-    assert summary["stages_run"] == ["ingest", "autoencoder", "encode@identity", "train@gaussian-identity",
-                                     "train@student_t-identity", "evaluate@gaussian-identity",
-                                     "evaluate@student_t-identity", "report"]
+    assert summary["stages_run"] == ["ingest", "autoencoder", "encode@identity", "classifier",
+                                     "baselines@identity", "train@gaussian-identity-0", "train@student_t-identity-0",
+                                     "evaluate@gaussian-identity-0", "evaluate@student_t-identity-0", "report"]
     assert dvc_status(root / "artifacts" / "demo") == {}
     tracking.use_store(root)
     client = MlflowClient()
     for distribution in ("gaussian", "student_t"):
-        info = summary["models"][distribution]
-        assert info["version"] == 1 and info["champion"] and info["metric"] == "swd_mean"
+        info = summary["models"][f"{distribution}-identity-0"]
+        assert info["version"] == 1 and info["champion"] and info["metric"] == "fd_classifier"
+        assert info["low"] < info["score"] < info["high"] and info["beats_trivial"] in (True, False)
         model = client.get_registered_model(f"ngldm-digits-{distribution}")
         assert model.aliases["champion"] == 1 and "lower is better" in model.description
-    winner = min(("gaussian", "student_t"), key=lambda d: summary["models"][d]["score"])
+    winner = min(("gaussian", "student_t"), key=lambda d: summary["models"][f"{d}-identity-0"]["score"])
     assert summary["best"] == f"models:/ngldm-digits-{winner}@best"  # across distributions, findable
     assert [d for d in ("gaussian", "student_t")
             if "best" in client.get_registered_model(f"ngldm-digits-{d}").aliases] == [winner]
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     names = {r.info.run_name for r in runs}
-    assert {"pipeline", "ingest", "autoencoder", "encode@identity", "gaussian", "student_t", "report"} <= names
-    gaussian = next(r for r in runs if r.info.run_name == "gaussian")
+    assert {"pipeline", "ingest", "autoencoder", "encode@identity", "classifier", "baselines@identity",
+            "gaussian-identity-0", "student_t-identity-0", "report"} <= names
+    gaussian = next(r for r in runs if r.info.run_name == "gaussian-identity-0")
     assert [m.step for m in client.get_metric_history(gaussian.info.run_id, "loss")] == [5, 10]
-    assert "curve_swd_mean" in gaussian.data.metrics and "champion_score" in gaussian.data.metrics
+    assert "curve_fd_classifier" in gaussian.data.metrics and "champion_score" in gaussian.data.metrics
+    assert gaussian.data.tags["seed"] == "0" and gaussian.data.tags["champion_metric"] == "fd_classifier"
     assert gaussian.data.tags["data_content_hash"] and gaussian.data.tags["dvc_data_md5"]
     experiment = root / "artifacts" / "demo"
     assert (experiment / "params.yaml").exists() and (experiment / "dvc.yaml").exists()
-    assert (experiment / "eval" / "gaussian-identity" / "samples.png").exists()
+    assert (experiment / "eval" / "gaussian-identity-0" / "samples.png").exists()
+    assert (experiment / "metrics" / "evaluate" / "gaussian-identity-0.json").exists()
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "report.json", "scores.png", "samples.png"} <= logged
@@ -95,7 +100,8 @@ def test_rerun_skips_everything_and_logs_nothing(project):
     runs_before = len(client.search_runs([experiment]))
     again = run_pipeline("demo", TINY, project_dir=str(root))
     assert again["stages_run"] == [] and again["best"] == first["best"]
-    assert {d: i["version"] for d, i in again["models"].items()} == {"gaussian": 1, "student_t": 1}
+    assert {d: i["version"] for d, i in again["models"].items()} == {"gaussian-identity-0": 1,
+                                                                     "student_t-identity-0": 1}
     assert len(client.search_runs([experiment])) == runs_before  # a no-op run adds no MLflow runs
 
 
@@ -112,9 +118,9 @@ def test_changing_one_distribution_reruns_only_it(project):
     changed = [o for o in TINY if not o.startswith("diffusion.distributions")]
     changed.append("diffusion.distributions={gaussian: {}, student_t: {nu: 8}}")
     summary = run_pipeline("demo", changed, project_dir=str(root))
-    assert summary["stages_run"] == ["train@student_t-identity", "evaluate@student_t-identity", "report"]
-    assert summary["models"]["student_t"]["version"] == 2
-    assert summary["models"]["gaussian"]["version"] == 1
+    assert summary["stages_run"] == ["train@student_t-identity-0", "evaluate@student_t-identity-0", "report"]
+    assert summary["models"]["student_t-identity-0"]["version"] == 2
+    assert summary["models"]["gaussian-identity-0"]["version"] == 1
     assert dvc_status(root / "artifacts" / "demo") == {}
 
 
@@ -127,7 +133,7 @@ def test_dvc_repro_writes_what_the_flow_wrote(project):
     root, _ = project
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     experiment = root / "artifacts" / "demo"
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity"],
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity-0"],
                    cwd=experiment, env=env, check=True, capture_output=True)
     assert dvc_status(experiment) == {}
 
@@ -167,11 +173,11 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
             "eval.num_samples=150", "sample.steps=5", "diffusion.distributions={gaussian: {}, laplace: {}}"]
     summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
-    assert set(summary["models"]) == {"gaussian", "laplace", "gaussian-log", "laplace-log"}
+    assert set(summary["models"]) == {"gaussian-identity-0", "laplace-identity-0", "gaussian-log-0", "laplace-log-0"}
     assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
     assert dvc_status(tmp_path / "artifacts" / "wine") == {}
     report = (tmp_path / "artifacts" / "wine" / "report" / "report.md").read_text()
-    assert "| laplace-log | laplace | log |" in report and "| gaussian | gaussian | identity |" in report
+    assert "| laplace-log | 0 |" in report and "| gaussian | 0 |" in report and "## Verdict" in report
 
     out = tmp_path / "samples.csv"
     assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
@@ -195,12 +201,12 @@ def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeyp
     experiment = root / "artifacts" / "demo"
     cfg = replace(config.load(str(experiment / "params.yaml"), ["train.eval_every=0"]), workdir=str(experiment))
     results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
-    assert isinstance(results["gaussian-identity"], dict) and results["gaussian-identity"]["steps"] == 10
-    assert isinstance(results["cauchy-identity"], ValueError)
-    assert "'cauchy' is not in diffusion.distributions" in str(results["cauchy-identity"])
+    assert isinstance(results["gaussian-identity-0"], dict) and results["gaussian-identity-0"]["steps"] == 10
+    assert isinstance(results["cauchy-identity-0"], ValueError)
+    assert "'cauchy' is not in diffusion.distributions" in str(results["cauchy-identity-0"])
 
-    summary = {"stages_run": ["train@gaussian-identity"], "report": None,
-               "models": {"cauchy": {"error": "training failed: ValueError: boom"}}}
+    summary = {"stages_run": ["train@gaussian-identity-0"], "report": None,
+               "models": {"cauchy-identity-0": {"error": "training failed: ValueError: boom"}}}
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: summary)
     assert cli(["run", "demo", "--project-dir", str(root)]) == 1
-    assert "cauchy                training failed: ValueError: boom" in capsys.readouterr().out
+    assert "cauchy-identity-0           training failed: ValueError: boom" in capsys.readouterr().out

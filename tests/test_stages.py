@@ -1,5 +1,6 @@
 """The stage functions end to end on tiny settings: ingest -> autoencoder -> encode -> train -> evaluate -> report."""
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from tasks.paths import MODEL_FILE, checkpoint_file, data_dir, eval_dir, train_d
 from tasks.ingest import ingest
 from tasks.io import read_json
 from tasks.sample import load_trained
+from tasks.baselines import compute_baselines
+from tasks.classifier import train_classifier
 from tasks.report import write_report
 from tasks.train import train_diffusion
 
@@ -25,14 +28,16 @@ TINY = [
     "autoencoder.checkpoint_every=10", "network.base_channels=8", "network.num_heads=2", "train.steps=30",
     "train.batch_size=32", "train.log_every=10", "train.checkpoint_every=10", "train.eval_every=0",
     "train.warmup_steps=5", "sample.steps=8", "eval.num_samples=48", "eval.fid=false", "eval.grid_size=16",
+    "eval.bootstrap=20", "classifier.steps=60", "classifier.base_channels=8",
 ]
 
 
 IDENTITY = {d: Variant(d, "identity") for d in ("gaussian", "laplace", "uniform")}
 
 
-def tiny_config(workdir, *extra):
-    return config.load("demo", [f"workdir={workdir}", *TINY, *extra])
+def tiny_config(workdir, *extra, preset="demo"):
+    """As the flow does it: the experiment folder as an absolute workdir, set after validation."""
+    return replace(config.load(preset, [*TINY, *extra] if preset == "demo" else list(extra)), workdir=str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +46,14 @@ def encoded(tmp_path_factory):
     ingest(cfg)
     ae_record = train_autoencoder(cfg)
     latents = encode_latents(cfg, "identity")
-    return cfg, ae_record, latents
+    judge = train_classifier(cfg)
+    baselines = compute_baselines(cfg, "identity")
+    return cfg, ae_record, latents, judge, baselines
 
 
 def test_autoencoder_and_encoding(encoded):
-    cfg, ae_record, latents = encoded
-    assert ae_record["kind"] == "conv" and 5 < ae_record["val_psnr"] < 60 and ae_record["val_rswd"] > 0
-    assert ae_record["images_per_s"] > 0 and "rfid" not in ae_record  # eval.fid=false: no FID attempted
+    cfg, ae_record, latents, _, _ = encoded
+    assert ae_record["kind"] == "conv" and 5 < ae_record["val_psnr"] < 60 and ae_record["images_per_s"] > 0
     assert latents["latent_shape"] == [3, 4, 4] and latents["counts"] == {"train": 270, "val": 30}
     train = load_latents(cfg, "identity", "train")
     assert train.std().item() == pytest.approx(1.0, rel=1e-4)  # the latent scale factor makes unit variance
@@ -62,7 +68,7 @@ def test_autoencoder_and_encoding(encoded):
 
 
 def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
-    cfg, _, _ = encoded
+    cfg, *_ = encoded
     train_diffusion(cfg, IDENTITY["laplace"], progress=False)
     reference = load_safetensors(train_dir(cfg, IDENTITY["laplace"]) / MODEL_FILE, "model")[0]
 
@@ -87,38 +93,68 @@ def test_train_is_deterministic_and_resumes_after_a_kill(encoded, tmp_path):
 
 
 def test_changed_settings_do_not_resume_a_stale_checkpoint(encoded):
-    cfg, _, _ = encoded
+    cfg, *_ = encoded
     train_diffusion(cfg, IDENTITY["uniform"], progress=False)
-    changed = config.load("demo", [f"workdir={cfg.workdir}", *TINY, "train.lr=0.0005"])
+    changed = tiny_config(cfg.workdir, "train.lr=0.0005")
     assert train_diffusion(changed, IDENTITY["uniform"], progress=False)["resumed_from"] == 0
 
 
+def test_the_judge_and_the_baselines(encoded):
+    cfg, _, _, judge, baselines = encoded
+    assert judge["available"] and judge["classes"] == 10 and 0.3 < judge["accuracy"] <= 1
+    assert baselines["champion_metric"] == "fd_classifier" and baselines["metric_sample_size"] == 30  # held-out
+    assert "classifier trained on the training labels" in baselines["basis"] and "not FID" in baselines["basis"]
+    for name in ("floor", "ceiling", "trivial"):
+        scores = baselines[name]
+        assert scores["fd_classifier_low"] < scores["fd_classifier"] < scores["fd_classifier_high"]
+        assert {"precision", "recall", "class_entropy"} <= set(scores)
+    # real data is closer to the reference than its own reconstructions, and those closer than a Gaussian's
+    assert baselines["floor"]["fd_classifier"] < baselines["trivial"]["fd_classifier"]
+    assert (cfg.work / "baselines" / "identity" / "trivial.png").stat().st_size > 0
+
+
 def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
-    cfg, _, _ = encoded
+    cfg, *_ = encoded
     record = train_diffusion(cfg, IDENTITY["gaussian"], progress=False)
     assert record["steps"] == 30 and np.isfinite(record["final_loss"])
     history = (train_dir(cfg, IDENTITY["gaussian"]) / "history.csv").read_text().splitlines()
     assert history[0].startswith("step,") and len(history) == 4
     result = evaluate(cfg, IDENTITY["gaussian"])
     assert result == read_json(eval_dir(cfg, IDENTITY["gaussian"]) / "record.json")
-    assert result["champion_metric"] == "swd_mean" and result["champion_score"] > 0
-    assert result["num_samples"] == 48
+    assert result["champion_metric"] == "fd_classifier" and result["champion_score"] == result["fd_classifier"]
+    assert result["fd_classifier_low"] < result["fd_classifier"] < result["fd_classifier_high"]
+    assert set(result["baselines"]) == {"floor", "ceiling", "trivial"} and result["beats_trivial"] in (True, False)
+    assert result["num_samples"] == 48 and result["steps"] == 8  # the current sample settings, recorded as used
+    headline = read_json(cfg.work / "metrics" / "evaluate" / "gaussian-identity-0.json")
+    assert set(headline) >= {"fd_classifier", "fd_classifier_low", "fd_classifier_high", "precision", "recall"}
     for name in ("samples.png", "trajectories.png"):
-        assert (cfg.work / "eval" / "gaussian-identity" / name).stat().st_size > 0
+        assert (eval_dir(cfg, IDENTITY["gaussian"]) / name).stat().st_size > 0
     model = load_trained(train_dir(cfg, IDENTITY["gaussian"]))
     images = model.generate(5, steps=4, progress=False)
     assert images.dtype == np.uint8 and images.shape == (5, 1, 8, 8)
 
     summary = write_report(cfg)  # only gaussian is evaluated: the others are named as missing
-    assert summary["best"] == "gaussian-identity" and len(summary["missing"]) == 4
+    assert summary["best"] == "gaussian" and len(summary["missing"]) == 4
     table = (cfg.work / "report" / "report.md").read_text()
-    assert f"| gaussian | gaussian | identity | **{result['swd_mean']:.4g}** |" in table
-    assert "Not evaluated (training failed or not run): laplace, uniform, gumbel, exponential." in table
-    assert (cfg.work / "report" / "samples.png").stat().st_size > 0
+    assert "## Verdict" in table and "**Best: gaussian**" in table and "one seed" in table
+    assert f"| gaussian | 0 | {result['fd_classifier']:.4g} [" in table
+    assert "| floor (real vs real) | identity |" in table and "| trivial (Gaussian fitted to the latents) |" in table
+    assert "Not evaluated (training failed or not run): laplace-identity-0, uniform-identity-0" in table
+    for picture in ("samples.png", "scores.png", "curves.png"):
+        assert (cfg.work / "report" / picture).stat().st_size > 0
+
+
+def test_evaluation_samples_with_the_current_settings(encoded):
+    """A changed sample.steps (which reruns only evaluate under DVC) is what the evaluation uses and records."""
+    cfg, *_ = encoded
+    train_diffusion(cfg, IDENTITY["laplace"], progress=False)
+    first = evaluate(cfg, IDENTITY["laplace"])
+    fewer = evaluate(tiny_config(cfg.workdir, "sample.steps=2"), IDENTITY["laplace"])
+    assert (first["steps"], fewer["steps"]) == (8, 2) and fewer["fd_classifier"] != first["fd_classifier"]
 
 
 def test_unknown_distribution_and_missing_inputs(tmp_path, encoded):
-    cfg, _, _ = encoded
+    cfg, *_ = encoded
     with pytest.raises(ValueError, match="not in diffusion.distributions"):
         train_diffusion(cfg, Variant("student_t", "identity"))
     with pytest.raises(ValueError, match="transform 'log' is not in diffusion.transforms"):
@@ -143,34 +179,39 @@ def test_saved_files_are_byte_identical_for_identical_content(tmp_path):
 def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
     """wine (strictly positive) -> no autoencoder -> identity and log transforms -> MLP denoiser -> report.
     The log model's samples stay positive, even with a heavy-tailed noise and few sampling steps."""
-    cfg = config.load("wine", [f"workdir={tmp_path / 'work'}", "train.steps=30", "train.log_every=10",
-                               "train.eval_every=0", "network.hidden=32", "eval.num_samples=200",
-                               "sample.steps=5", "diffusion.distributions={student_t: {nu: 3}}"])
-    assert [v.name for v in cfg.variants()] == ["student_t-identity", "student_t-log"]
+    cfg = tiny_config(tmp_path / "work", "train.steps=30", "train.log_every=10", "train.eval_every=0",
+                      "network.hidden=32", "eval.num_samples=200", "eval.bootstrap=20", "sample.steps=5",
+                      "diffusion.distributions={student_t: {nu: 3}}", preset="wine")
+    assert [v.name for v in cfg.variants()] == ["student_t-identity-0", "student_t-log-0"]
     ingest(cfg)
     assert train_autoencoder(cfg) == {"kind": "none"}
+    assert train_classifier(cfg) == {"available": False, "reason": "array data: scored by per-feature distances "
+                                                                   "to the held-out split, not by an image classifier"}
     records = {}
     for variant in cfg.variants():
         assert encode_latents(cfg, variant.transform)["latent_shape"] == [13]
+        baselines = compute_baselines(cfg, variant.transform)
+        assert baselines["ceiling"] is None if "ceiling" in baselines else "no autoencoder" in baselines["ceiling_note"]
         train_diffusion(cfg, variant, progress=False)
         records[variant.transform] = evaluate(cfg, variant)
     log = records["log"]
     assert log["frac_non_positive"] == 0.0 and log["champion_metric"] == "wasserstein"
     # the floor (142 training rows vs the 36 held-out) and the model are scored at the same sample size
-    assert log["metric_sample_size"] == 142 and 0 <= log["floor_wasserstein"] < log["wasserstein"]
-    samples = load_trained(train_dir(cfg, Variant("student_t", "log"))).generate(300, steps=3, progress=False)
+    assert log["metric_sample_size"] == 142 and 0 <= log["baselines"]["floor"]["wasserstein"] < log["wasserstein"]
+    assert log["ceiling_ratio"] is None and log["wasserstein_low"] < log["wasserstein"] < log["wasserstein_high"]
+    samples = load_trained(train_dir(cfg, cfg.variants()[1])).generate(300, steps=3, progress=False)
     assert samples.shape == (300, 13) and (samples > 0).all()
-    header = (cfg.work / "eval" / "student_t-log" / "samples.csv").read_text().splitlines()[0]
+    header = (eval_dir(cfg, cfg.variants()[1]) / "samples.csv").read_text().splitlines()[0]
     assert header.startswith("alcohol,malic_acid")
-    assert (cfg.work / "eval" / "student_t-log" / "histograms.png").stat().st_size > 0
+    assert (eval_dir(cfg, cfg.variants()[1]) / "histograms.png").stat().st_size > 0
 
     summary = write_report(cfg)
-    assert set(summary["models"]) == {"student_t-identity", "student_t-log"}
+    assert set(summary["models"]) == {"student_t-identity-0", "student_t-log-0"}
     expected_best = min(records.values(), key=lambda r: r["wasserstein"])["transform"]
-    assert summary["best"] == f"student_t-{expected_best}"
+    assert summary["best"] == ("student_t" if expected_best == "identity" else "student_t-log")
     table = (cfg.work / "report" / "report.md").read_text()
-    assert "| student_t-log | student_t | log |" in table and "| *floor (real vs real)* |" in table
-    assert f"{records['log']['wasserstein']:.4g}" in table
+    assert "| student_t-log | 0 |" in table and "| floor (real vs real) | log |" in table
+    assert f"{records['log']['wasserstein']:.4g}" in table and "log: 0 of 1 models drew non-positive" in table
     for picture in ("scores.png", "histograms.png"):
         assert f"]({picture})" in table and (cfg.work / "report" / picture).stat().st_size > 0
 
@@ -178,3 +219,19 @@ def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
 def test_report_without_evaluated_models_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the evaluate stages first"):
         write_report(tiny_config(tmp_path / "work"))
+
+
+def test_models_scored_on_different_metrics_are_compared_on_one_they_share():
+    """FID weights that appear between two partial runs leave some models ranked by fid and others by
+    fd_classifier: the report compares all on fd_classifier and says so (it used to crash)."""
+    from tasks.report import common_metric
+
+    records = [{"champion_metric": "fid", "fid": 30.0, "fd_classifier": 2.0},
+               {"champion_metric": "fd_classifier", "fd_classifier": 3.0}]
+    baselines = {"identity": {"floor": {"fd_classifier": 0.5}, "trivial": {"fd_classifier": 6.0}, "ceiling": None}}
+    metric, note = common_metric(records, baselines)
+    assert metric == "fd_classifier" and "fd_classifier for 1, fid for 1" in note
+    assert common_metric(records[1:], baselines) == ("fd_classifier", None)
+    with pytest.raises(ValueError, match="share no metric"):
+        common_metric([{"champion_metric": "fid", "fid": 1.0}, {"champion_metric": "wasserstein",
+                                                                 "wasserstein": 1.0}], {})

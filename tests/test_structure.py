@@ -8,7 +8,7 @@ import yaml
 from flows.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGE_MODULES = {"ingest", "autoencoder", "encode", "train", "evaluate", "report"}
+STAGE_MODULES = {"ingest", "autoencoder", "encode", "classifier", "baselines", "train", "evaluate", "report"}
 
 
 def imported_task_modules(path: Path) -> set[str]:
