@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import re
 import types
@@ -160,7 +161,7 @@ class TrainConfig:
     _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
                "warmup_steps": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "ema_decay": Range(0, 1, high_open=True),
                "checkpoint_every": COUNT, "log_every": COUNT, "eval_every": NON_NEGATIVE, "num_workers": COUNT,
-               "cpus_per_worker": POSITIVE, "gpus_per_worker": POSITIVE, "seeds": NON_NEGATIVE}
+               "cpus_per_worker": POSITIVE, "gpus_per_worker": Range(0, 1, low_open=True), "seeds": NON_NEGATIVE}
 
 
 @dataclass
@@ -173,7 +174,7 @@ class SampleConfig:
     batch_size: int = 256
 
     _choices = {"sampler": _registry("logdiff_core.samplers", "names")}
-    _ranges = {"steps": COUNT, "eta": NON_NEGATIVE, "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
+    _ranges = {"steps": COUNT, "eta": Range(0, 1), "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
                "batch_size": COUNT}
 
 
@@ -325,8 +326,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -118,3 +118,16 @@ def test_model_settings_leave_out_other_models():
     settings = cfg.model_settings(variant)
     assert settings["train"]["seeds"] == [1] and list(settings["diffusion"]["distributions"]) == ["exponential"]
     assert len(cfg.variants()) == 10 and variant.name == "exponential-identity-1"
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(ConfigError, match="^train.lr: expected a finite number"):
+        config.load("demo", ["train.lr=.inf"])
+
+
+def test_reading_the_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    probe = "import sys, tasks.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode == 0
