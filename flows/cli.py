@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline once (Prefect flow, local ephemeral API)")
     _add_preset_args(run)
     run.add_argument("--force", action="store_true", help="rerun every stage even if DVC says it is up to date")
+    run.add_argument("--ray-dashboard", action="store_true",
+                     help="start Ray's dashboard (http://127.0.0.1:8265) with the local Ray cluster")
 
     serve = sub.add_parser("serve", help="serve the flow as a scheduled deployment (starts a Prefect server "
                                          "on 127.0.0.1 unless PREFECT_API_URL is set)")
@@ -101,7 +103,18 @@ def _stage(args) -> None:
         item = cfg.variant(args.distribution, args.transform, args.seed)
     elif STAGES[args.name].fan_out == "transform":
         item = cfg.transform(args.transform)
-    run_stage(cfg, args.name, item)
+    project = next((folder for folder in params.parents if (folder / ".dvc").is_dir()), params.parent)
+    from flows import tracking
+    from flows.runlog import run_log
+    from flows.stages import stage_params, stage_pictures
+
+    name = STAGES[args.name].dvc_name(item)
+    with run_log(project, f"stage-{name.replace('@', '-')}") as args.log_path, \
+            tracking.standalone_stage_run(cfg, project, name, stage_params(cfg, args.name)) as run_id:
+        callback = tracking.MetricLogger(tracking.tracking_uri(project), run_id) if run_id else None
+        record = run_stage(cfg, args.name, item, callback=callback)
+        if run_id:
+            tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, args.name, item))
 
 
 def _sample(args) -> None:
@@ -113,9 +126,16 @@ def _sample(args) -> None:
 
 
 def _run(args) -> int:
-    from flows.pipeline import print_summary, run_pipeline
+    from flows.pipeline import check_before_running, print_summary, run_pipeline
+    from flows.project import project_lock
+    from flows.runlog import run_log
+    from flows.schedule import prefect_api
 
-    summary = run_pipeline(args.preset, args.overrides, project_dir=args.project_dir, force=args.force)
+    project = Path(args.project_dir).resolve()
+    check_before_running(args.preset, args.overrides)  # mistakes are one-line errors before anything starts
+    with project_lock(project), run_log(project, "run") as args.log_path, prefect_api():
+        summary = run_pipeline(args.preset, args.overrides, project_dir=str(project), force=args.force,
+                               ray_dashboard=args.ray_dashboard)
     print_summary(summary)
     return 1 if any("error" in info for info in summary["models"].values()) else 0
 
@@ -149,23 +169,46 @@ def _config(args) -> None:
 COMMANDS = {"stage": _stage, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui, "config": _config}
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; any failure is one line on stderr (the full trace goes to the command's log file, named in
+    that line): exit 2 for a mistake the user can fix, 1 for anything else, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
-    from tasks.config import ConfigError
-
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError)
+    args.log_path = None
     try:
-        from flows.schedule import ServerStartError
-        from tasks.fid import FIDUnavailable
-
-        user_errors += (FIDUnavailable, ServerStartError)
         return COMMANDS[args.command](args) or 0
-    except user_errors as err:
-        print(f"logdiff {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"logdiff {args.command}: interrupted; training checkpoints are kept, the same command resumes",
+              file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
+        from flows.runlog import record_exception
+
+        if args.log_path is not None:
+            record_exception(args.log_path, err)
+        where = f" (full trace: {args.log_path})" if args.log_path is not None else ""
+        if isinstance(err, _user_errors()):
+            print(f"logdiff {args.command}: error: {_one_line(err)}{where}", file=sys.stderr)
+            return 2
+        print(f"logdiff {args.command}: unexpected error: {type(err).__name__}: {_one_line(err)}{where}",
+              file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that say what to fix: the configuration, the data, the project, a missing download."""
+    from tasks.config import ConfigError
+    from tasks.fid import FIDUnavailable
+
+    from flows.project import DvcError, ProjectLocked
+    from flows.schedule import ServerStartError
+
+    return (ConfigError, ValueError, FileNotFoundError, FileExistsError, ProjectLocked, DvcError, FIDUnavailable,
+            ServerStartError)
 
 
 if __name__ == "__main__":

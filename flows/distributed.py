@@ -19,7 +19,8 @@ from tasks.paths import train_dir
 from tasks.runtime import StepCallback
 
 
-def init_ray() -> None:
+def init_ray(dashboard: bool = False) -> None:
+    """Join ``RAY_ADDRESS``'s cluster, or start a local one (with Ray's dashboard on 127.0.0.1:8265 if asked)."""
     import ray
 
     if ray.is_initialized():
@@ -32,7 +33,10 @@ def init_ray() -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env={"env_vars": env},
+                           log_to_driver=True)
+        if dashboard:
+            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def gpus_per_task(cfg: Config) -> float:
@@ -47,13 +51,13 @@ def _train_one(cfg_dict: dict, variant: Variant, callback: StepCallback | None) 
     return run_stage(from_run_dict(cfg_dict), "train", variant, callback=callback)
 
 
-def start_training(cfg: Config, variants: list[Variant],
-                   callbacks: dict[str, StepCallback | None]) -> dict[str, object]:
+def start_training(cfg: Config, variants: list[Variant], callbacks: dict[str, StepCallback | None],
+                   dashboard: bool = False) -> dict[str, object]:
     """Start each model's training as its own Ray work, side by side; returns what ``wait_for`` takes, by variant
     name. With ``train.num_workers > 1`` each model is a Ray Train (DDP) run, started when waited for."""
     import ray
 
-    init_ray()
+    init_ray(dashboard)
     if cfg.train.num_workers > 1:
         return {v.name: partial(train_ddp, cfg, v, callbacks.get(v.name)) for v in variants}
     remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg),
@@ -77,7 +81,10 @@ def cancel(pending: Iterable) -> None:
 
     for work in pending:
         if isinstance(work, ray.ObjectRef):
-            ray.cancel(work, force=True)
+            try:
+                ray.cancel(work, force=True)
+            except Exception:  # noqa: BLE001 - finished already, or Ray itself is going down: nothing to stop
+                pass
 
 
 def train_variants(cfg: Config, variants: list[Variant],

@@ -141,20 +141,20 @@ def dataset_name(cfg: Config) -> str:
 
 @flow(name="logdiff-pipeline", log_prints=True)
 def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_dir: str = ".",
-             force: bool = False):
+             force: bool = False, ray_dashboard: bool = False):
     """Run every stale stage of the pipeline for ``preset`` + ``overrides`` in ``project_dir``. Ends Failed (with
     the summary as its data) when a model failed."""
     project = Path(project_dir).resolve()
     cfg = config.load(preset, overrides or [])
     with project_lock(project):
-        summary = _run_stale_stages(cfg, preset, project, force, get_run_logger())
+        summary = _run_stale_stages(cfg, preset, project, force, ray_dashboard, get_run_logger())
     failed = [name for name, info in summary["models"].items() if "error" in info]
     if failed:
         return Failed(message=f"{len(failed)} model(s) failed: {', '.join(failed)}", data=summary)
     return summary
 
 
-def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logger) -> dict:
+def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_dashboard: bool, logger) -> dict:
     # stages resolve paths against the experiment folder, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(prepare_experiment(project, cfg)))
     variants = cfg.variants()
@@ -190,7 +190,7 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, logg
         manifest = load_manifest(data_dir(run_cfg))
         with variant_runs(parent_id, run_cfg, variants, lineage) as run_ids:
             tracking.log_dataset([parent_id, *run_ids.values()], manifest)
-            _train_stale(run_cfg, variants, run_ids, stale, summary, logger)
+            _train_stale(run_cfg, variants, run_ids, stale, summary, ray_dashboard, logger)
             for v in variants:
                 if "error" in summary["models"].get(v.name, {}):
                     continue
@@ -220,7 +220,7 @@ def _all_registered(cfg: Config) -> dict | None:
 
 
 def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], stale: StaleStages, summary: dict,
-                 logger) -> None:
+                 ray_dashboard: bool, logger) -> None:
     """Start every stale model's training at once (Ray runs them side by side), then wait for each in a task of
     its own. A model that fails is recorded, in the summary and as a FAILED MLflow run, and the others go on."""
     from flows.distributed import cancel, start_training
@@ -229,7 +229,8 @@ def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], 
     if not to_train:
         return
     uri = mlflow_uri()
-    pending = start_training(cfg, to_train, {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in to_train})
+    pending = start_training(cfg, to_train, {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in to_train},
+                             dashboard=ray_dashboard)
     try:
         futures = {v: train_task.submit(cfg, v, pending[v.name], run_ids[v.name]) for v in to_train}
         for v, future in futures.items():
@@ -263,11 +264,22 @@ def _flow_run_id() -> str:
     return str(flow_run.id or "")
 
 
-def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False) -> dict:
+def check_before_running(preset: str, overrides: list[str]) -> Config:
+    """The config, validated, and what can be known about its data source without ingesting it: mistakes in
+    either are one-line errors before any server starts or any stage runs."""
+    from tasks.ingest import check_source
+
+    cfg = config.load(preset, overrides)
+    check_source(cfg.data, cfg.diffusion.transforms, cfg.diffusion.log_floor)
+    return cfg
+
+
+def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False,
+                 ray_dashboard: bool = False) -> dict:
     """Run the flow; its summary (also when a model failed, which the summary says)."""
-    config.load(preset, overrides)  # a config mistake is a one-line error before Prefect starts
+    check_before_running(preset, overrides)
     with project_lock(Path(project_dir)):  # and so is a busy project; the flow re-enters the lock
-        state = pipeline(preset, list(overrides), str(project_dir), force, return_state=True)
+        state = pipeline(preset, list(overrides), str(project_dir), force, ray_dashboard, return_state=True)
     if state.is_failed() and isinstance(data := state.result(raise_on_failure=False), dict):
         return data
     return state.result()

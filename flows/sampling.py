@@ -15,6 +15,10 @@ def load_any(model: str, project_dir: str | Path = "."):
     if model.startswith(("models:/", "runs:/")):
         from flows import tracking
 
+        if not tracking.configured(project_dir):  # before MLflow would make an empty store here
+            raise FileNotFoundError(f"--model {model}: no MLflow store in {Path(project_dir).resolve()} (no "
+                                    "mlflow.db); pass --project-dir of a project that ran logdiff run, or set "
+                                    "MLFLOW_TRACKING_URI")
         return tracking.load_registered(model, project_dir)
     if not Path(model).exists():
         raise FileNotFoundError(f"--model {model}: no such file; give models:/NAME@ALIAS or a model.safetensors path")

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tasks import config
 
 HEALTH_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
@@ -94,7 +93,9 @@ def serve(preset: str, overrides: list[str], *, cron: str, name: str | None, pro
           port: int = 4200) -> None:
     """Serve the pipeline for ``preset`` + ``overrides`` as deployment ``name`` (default ``logdiff-<preset>``)
     on schedule ``cron`` until Ctrl-C or SIGTERM."""
-    config.load(preset, overrides)  # config and cron mistakes are one-line errors before anything starts
+    from flows.pipeline import check_before_running
+
+    check_before_running(preset, overrides)  # config, data and cron mistakes: one-line errors before anything starts
     check_cron(cron)
     from prefect.deployments.runner import EntrypointType
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -128,6 +129,36 @@ def serve(preset: str, overrides: list[str], *, cron: str, name: str | None, pro
             _stop_flow_runs()  # while the server is up, so the runs are recorded as crashed, not left running
             if server is not None:
                 stop_server(server)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """A Prefect API for a run of the flow from this process: ``PREFECT_API_URL`` if set, else a server of our own
+    on a free loopback port, in its own session: a Ctrl-C in the terminal then stops the run, not the server, so
+    Prefect can still record how the run ended (its ephemeral server would die first)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    from prefect.logging.handlers import APILogWorker
+
+    server, api_url = start_local_server(_free_port(), home)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield api_url
+            finally:  # the run's last log lines, while the server is there to take them (also after Ctrl-C)
+                APILogWorker.drain_all(timeout=5)
+    finally:
+        stop_server(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager

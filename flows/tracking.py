@@ -65,6 +65,24 @@ def artifact_root(project_dir: str | Path) -> str:
     return str(Path(project_dir).resolve() / "mlartifacts")
 
 
+def configured(project_dir: str | Path) -> bool:
+    """Whether the project has a tracking store to log to: ``MLFLOW_TRACKING_URI``, or its ``mlflow.db``."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (Path(project_dir) / "mlflow.db").is_file()
+
+
+@contextmanager
+def standalone_stage_run(cfg: Config, project_dir: str | Path, name: str, params: dict) -> Iterator[str | None]:
+    """A run for a stage started outside the flow (``dvc repro``, ``dvc exp run``), when the project tracks: in
+    the experiment's MLflow experiment, tagged with what started it. Yields its id, or None without a store."""
+    if not configured(project_dir):
+        yield None
+        return
+    experiment_id = setup(cfg.name, project_dir)
+    with _run(experiment_id, name, {"logdiff.started_by": "logdiff stage (dvc)"}) as run_id:
+        _log_params(MlflowClient(), run_id, params)
+        yield run_id
+
+
 def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 

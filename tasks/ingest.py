@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,30 @@ def ingest(cfg: Config) -> dict:
             print(f"warning: skipped {len(source.skipped)} bad input(s) in {source.path}: {shown}", file=sys.stderr)
         with stage_output(out, "ingest") as fresh:
             return _write_dataset(fresh, source, data, cfg.seed)
+
+
+def check_source(data: DataConfig, transforms: list[str], log_floor: float) -> None:
+    """What can be known about the source without ingesting it, checked before any stage runs: the path is there,
+    a folder or zip holds images in class folders, an array file reads, and data for the log transform is
+    positive. Raises the same one-line errors ingest would, minutes earlier."""
+    if data.source == "folder":
+        path = _existing_path(data)
+        with contextlib.ExitStack() as stack:
+            _class_layout(path, _open_folder(path, stack)[0])
+    elif data.source == "cifar10":
+        root = Path(data.path or CIFAR_DEFAULT_ROOT).expanduser()
+        if data.path and not root.exists() and not data.download:
+            raise FileNotFoundError(f"data.path: {root} not found; set data.download=true, or point data.path at "
+                                    f"{CIFAR_TARBALL} or the folder holding it")
+    elif READERS[data.source] in (_arrays, _sklearn_table) and "log" in transforms:
+        values = READERS[data.source](data, Path(".")).values
+        bad = values <= -log_floor
+        if bad.any():
+            raise ValueError(f"data: the log transform needs values > {0.0 - log_floor:g}, and {int(bad.sum())} of "
+                             f"{values.size} values of source={data.source} are not (minimum {values.min():g}); use "
+                             "diffusion.transforms=[identity] or raise diffusion.log_floor")
+    elif data.source == "arrays":
+        _read_array_file(_existing_path(data))
 
 
 def _write_dataset(folder: Path, source: _Source, data: DataConfig, seed: int) -> dict:
@@ -214,23 +239,22 @@ def _class_layout(path: Path, names: list[str]) -> list[tuple[str, str]]:
     return [(image.as_posix(), image.parts[-2]) for image in images]
 
 
+def _open_folder(path: Path, stack: contextlib.ExitStack) -> tuple[list[str], Callable[[str], bytes]]:
+    """The file names in an image folder or zip, and a reader of one by name."""
+    if path.is_dir():
+        return ([file.relative_to(path).as_posix() for file in path.rglob("*") if file.is_file()],
+                lambda name: (path / name).read_bytes())
+    if zipfile.is_zipfile(path):
+        archive = stack.enter_context(zipfile.ZipFile(path))
+        members = {info.filename: info for info in archive.infolist() if not info.is_dir()}
+        return list(members), lambda name: archive.read(members[name])
+    raise ValueError(f"data.path: {path} is neither a folder nor a zip of class folders")
+
+
 def _image_folder(data: DataConfig, scratch: Path) -> _Source:
     path = _existing_path(data)
     with contextlib.ExitStack() as stack:
-        if path.is_dir():
-            names = [file.relative_to(path).as_posix() for file in path.rglob("*") if file.is_file()]
-
-            def read(name: str) -> bytes:
-                return (path / name).read_bytes()
-        elif zipfile.is_zipfile(path):
-            archive = stack.enter_context(zipfile.ZipFile(path))
-            members = {info.filename: info for info in archive.infolist() if not info.is_dir()}
-            names = list(members)
-
-            def read(name: str) -> bytes:
-                return archive.read(members[name])
-        else:
-            raise ValueError(f"data.path: {path} is neither a folder nor a zip of class folders")
+        names, read = _open_folder(path, stack)
         layout = _class_layout(path, names)
         class_names = sorted({class_name for _, class_name in layout})
         label_of = {class_name: label for label, class_name in enumerate(class_names)}

@@ -136,6 +136,12 @@ def test_dvc_repro_writes_what_the_flow_wrote(project):
     subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity-0"],
                    cwd=experiment, env=env, check=True, capture_output=True)
     assert dvc_status(experiment) == {}
+    tracking.use_store(root)  # a stage DVC started reaches MLflow too
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id],
+                              "tags.`logdiff.started_by` = 'logdiff stage (dvc)'")
+    assert [r.info.run_name for r in runs] == ["train@gaussian-identity-0"] and runs[0].info.status == "FINISHED"
+    assert "final_loss" in runs[0].data.metrics and runs[0].data.params["train.steps"] == "10"
 
 
 def test_sample_from_the_registry_via_the_cli(project, capsys):
@@ -210,3 +216,22 @@ def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeyp
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: summary)
     assert cli(["run", "demo", "--project-dir", str(root)]) == 1
     assert "cauchy-identity-0           training failed: ValueError: boom" in capsys.readouterr().out
+
+
+def test_a_diverging_model_fails_in_mlflow_and_prefect_and_the_command_exits_1(project, capsys):
+    """Last in this module: it leaves the project with failed trainings."""
+    from prefect.client.orchestration import get_client
+
+    root, _ = project
+    summary = run_pipeline("demo", [*TINY, "train.lr=1.0e+30"], project_dir=str(root))
+    assert set(summary["models"]) == {"gaussian-identity-0", "student_t-identity-0"}
+    assert all("FloatingPointError" in info["error"] for info in summary["models"].values())
+    tracking.use_store(root)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id], max_results=20,
+                              order_by=["attributes.start_time DESC"])
+    latest = {r.info.run_name: r.info.status for r in runs[::-1]}  # the newest run of each name wins
+    assert latest["gaussian-identity-0"] == latest["student_t-identity-0"] == latest["pipeline"] == "FAILED"
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
+    assert flow_run.state.is_failed() and "2 model(s) failed" in flow_run.state.message
