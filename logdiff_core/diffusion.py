@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .noise import NoiseDistribution
@@ -44,10 +43,23 @@ class EpsPreconditioner(nn.Module):
         return _per_sample(self.c_skip, t, out) * x + _per_sample(self.c_out, t, out) * out
 
 
+def loss_weights(schedule: Schedule, t: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor | None:
+    """Per-sample weights of the noise-prediction loss: Min-SNR-gamma (Hang et al. 2023), ``min(SNR, gamma) /
+    SNR``, which stops the nearly clean timesteps (high signal-to-noise ratio, of little use to samples) from
+    dominating the gradient; None for the plain, unweighted loss."""
+    if min_snr_gamma is None:
+        return None
+    snr = schedule.alpha_bars[t] / (1 - schedule.alpha_bars[t])
+    return snr.clamp(max=min_snr_gamma) / snr
+
+
 def training_loss(model: nn.Module, schedule: Schedule, noise: NoiseDistribution, x0: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """MSE between the drawn noise and the model's prediction at a uniformly drawn timestep."""
+                  generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """MSE between the drawn noise and the model's prediction at a uniformly drawn timestep (weighted by
+    ``loss_weights``)."""
     t = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     eps = noise.sample(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     prediction = model(q_sample(schedule, x0, t, eps), t)
-    return F.mse_loss(prediction.float(), eps.float())
+    per_sample = (prediction.float() - eps.float()).pow(2).flatten(1).mean(1)
+    weights = loss_weights(schedule, t, min_snr_gamma)
+    return per_sample.mean() if weights is None else (weights * per_sample).mean()

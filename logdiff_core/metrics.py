@@ -234,34 +234,30 @@ def array_metrics(generated: np.ndarray, reference: np.ndarray) -> dict:
     }
 
 
-def _knn_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row."""
-    radii = []
-    for start in range(0, len(features), chunk):
-        distances = torch.cdist(features[start:start + chunk], features)
-        radii.append(distances.kthvalue(k + 1, dim=1).values)  # the first is the row itself, at 0
-    return torch.cat(radii)
+def knn_radii(features: np.ndarray, k: int = 3, chunk: int = 2048) -> np.ndarray:
+    """Distance from each row to its k-th nearest other row: the radii of a k-NN manifold estimate."""
+    points = torch.as_tensor(features, dtype=torch.float64)
+    if len(points) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {len(points)}")
+    radii = [torch.cdist(points[start:start + chunk], points).kthvalue(k + 1, dim=1).values  # 1st: itself, at 0
+             for start in range(0, len(points), chunk)]
+    return torch.cat(radii).numpy()
 
 
-def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
-    """For each point, whether it lies in at least one ball (centre, radius)."""
+def covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """For each point, whether it lies in at least one ball (centre, radius): in the manifold ``knn_radii`` made."""
+    points, centres = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
+    radii = torch.as_tensor(radii, dtype=torch.float64)
     inside = [(torch.cdist(points[start:start + chunk], centres) <= radii).any(dim=1)
               for start in range(0, len(points), chunk)]
-    return torch.cat(inside)
+    return torch.cat(inside).numpy()
 
 
-def precision_recall_indicators(real: np.ndarray, fake: np.ndarray, k: int = 3,
-                                chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_indicators(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample terms of improved precision and recall (Kynkäänniemi et al. 2019): whether each generated
     sample lies in the real manifold (the union of balls reaching each real sample's k-th nearest real neighbour),
     and whether each real sample lies in the generated manifold. Their means are precision and recall."""
-    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
-    if min(len(real_t), len(fake_t)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
-                         f"got {len(real_t)} real and {len(fake_t)} generated")
-    fake_in_real = _covered(fake_t, real_t, _knn_radii(real_t, k, chunk), chunk)
-    real_in_fake = _covered(real_t, fake_t, _knn_radii(fake_t, k, chunk), chunk)
-    return fake_in_real.numpy(), real_in_fake.numpy()
+    return covered(fake, real, knn_radii(real, k)), covered(real, fake, knn_radii(fake, k))
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:

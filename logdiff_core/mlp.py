@@ -21,7 +21,8 @@ class ResidualMLPBlock(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    """Predicts the noise epsilon of x_t at timesteps t: forward(x [B, dim], t [B]) -> [B, dim]."""
+    """Predicts the noise epsilon of x_t at timesteps t: forward(x [B, ...], t [B]) -> like x, on x flattened to
+    ``dim`` features: vectors, or small latents where a few wide layers learn faster than a U-Net's many small ones."""
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, siren: bool = False,
                  dropout: float = 0.0) -> None:
@@ -36,7 +37,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t_emb = self.time_embed(t)
-        h = self.inp(x)
+        h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, t_emb)
-        return self.out(h)
+        return self.out(h).view_as(x)

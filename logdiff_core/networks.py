@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ class DenoiserSpec(NamedTuple):
 
 DENOISERS: dict[str, DenoiserSpec] = {
     "unet": DenoiserSpec(UNet, "(C, H, W)", lambda c, h, w: {"in_channels": c, "input_size": h}),
-    "mlp": DenoiserSpec(MLPDenoiser, "(F,)", lambda f: {"dim": f}),
+    "mlp": DenoiserSpec(MLPDenoiser, "any: (F,), or (C, H, W) flattened", lambda *shape: {"dim": math.prod(shape)}),
 }
 
 
@@ -32,7 +33,9 @@ def build_denoiser(kind: str, data_shape: tuple[int, ...], **kwargs: Any) -> nn.
     if kind not in DENOISERS:
         raise ValueError(f"unknown denoiser kind {kind!r}; choose one of {sorted(DENOISERS)}")
     spec = DENOISERS[kind]
-    if len(data_shape) != len(inspect.signature(spec.data_kwargs).parameters):
+    parameters = inspect.signature(spec.data_kwargs).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if not takes_any and len(data_shape) != len(parameters):
         raise ValueError(f"denoiser {kind!r} needs data_shape {spec.data_shape}, got {tuple(data_shape)}")
     accepted = inspect.signature(spec.network).parameters
     config = {k: v for k, v in kwargs.items() if k in accepted or k not in SHARED_CONFIG_KEYS}

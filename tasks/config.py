@@ -143,6 +143,8 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"  # constant | cosine (decay to 0 at the last step)
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023); 0: the plain loss
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 500
@@ -157,9 +159,9 @@ class TrainConfig:
     gpus_per_worker: float = 1.0  # fractions < 1 let several distributions share one GPU; ignored without GPUs
     seeds: list[int] = field(default_factory=lambda: [0])  # one model per seed (replicates), side by side
 
-    _choices = {}
+    _choices = {"lr_schedule": ("constant", "cosine")}
     _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-               "warmup_steps": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "ema_decay": Range(0, 1, high_open=True),
+               "warmup_steps": NON_NEGATIVE, "min_snr_gamma": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "ema_decay": Range(0, 1, high_open=True),
                "checkpoint_every": COUNT, "log_every": COUNT, "eval_every": NON_NEGATIVE, "num_workers": COUNT,
                "cpus_per_worker": POSITIVE, "gpus_per_worker": Range(0, 1, low_open=True), "seeds": NON_NEGATIVE}
 

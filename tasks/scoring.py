@@ -21,8 +21,8 @@ import torch
 
 from logdiff_core import classifier as judges
 from logdiff_core import noise as noise_lib
-from logdiff_core.metrics import (array_metrics, class_entropy, feature_statistics, frechet_distance,
-                                  kernel_inception_distance, precision_recall, sliced_wasserstein_distance)
+from logdiff_core.metrics import (array_metrics, class_entropy, covered, feature_statistics, frechet_distance,
+                                  kernel_inception_distance, knn_radii, sliced_wasserstein_distance)
 
 from .codec import load_codec
 from .config import Config, Variant
@@ -126,15 +126,19 @@ def _judge_measure(judge: judges.Judge, reference: np.ndarray, size: int, device
     ref_features, _ = judges.predict(judge, reference, device=device)
     ref_stats = feature_statistics(ref_features)
     ref_subset = subset(ref_features, size, 0)  # precision/recall compare sets of equal size
+    ref_radii = knn_radii(ref_subset)
 
     def measure(rows: dict[str, np.ndarray]) -> dict[str, float]:
-        precision, recall = precision_recall(ref_subset, rows["features"])
+        recall = covered(ref_subset, rows["features"], knn_radii(rows["features"])).mean()
         return {"fd_classifier": frechet_distance(*feature_statistics(rows["features"]), *ref_stats),
-                "precision": precision, "recall": recall, "class_entropy": class_entropy(rows["probabilities"])}
+                "precision": float(rows["in_real"].mean()), "recall": float(recall),
+                "class_entropy": class_entropy(rows["probabilities"])}
 
     def embed(images: np.ndarray) -> dict[str, np.ndarray]:
         features, probabilities = judges.predict(judge, images, device=device)
-        return {"features": features, "probabilities": probabilities}
+        # whether a sample looks real depends on it alone (the real manifold is fixed): computed once per sample
+        return {"features": features, "probabilities": probabilities,
+                "in_real": covered(features, ref_subset, ref_radii)}
 
     return Measure(("fd_classifier", "precision", "recall", "class_entropy"), embed, measure)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +45,16 @@ def training_fingerprint(cfg: Config, variant: Variant) -> str:
                 if k in ("seed", "network", "diffusion", "train")}
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
     return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg, variant.transform) / "train.npy")})
+
+
+def lr_factor(tc, step: int) -> float:
+    """Learning-rate multiplier at ``step``: a linear warm-up, then constant or a cosine decay to 0 at the end
+    (``train.lr_schedule``)."""
+    warmup = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if tc.lr_schedule == "constant" or step < tc.warmup_steps:
+        return warmup
+    progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class EMA:
@@ -103,8 +115,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         data = data.contiguous(memory_format=torch.channels_last)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=cuda or None)
-    warmup = lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))  # noqa: E731
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, tc))
 
     checkpoint = Resumable(checkpoint_file(cfg, variant.name), training_fingerprint(cfg, variant), variant.name,
                            model=model, ema=ema.model, opt=opt, lr_schedule=lr_schedule)
@@ -134,7 +145,8 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     for step in bar:
         x0 = data[torch.randint(0, len(data), (tc.batch_size,), device=device, generator=gen)]
         with autocast:
-            loss = training_loss(train_model, schedule, noise, x0, generator=gen)
+            loss = training_loss(train_model, schedule, noise, x0, generator=gen,
+                                 min_snr_gamma=tc.min_snr_gamma or None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:

@@ -58,7 +58,7 @@ def test_every_numeric_key_rejects_an_out_of_range_value(key):
     "autoencoder.checkpoint_every=0", "sample.batch_size=0", "eval.grid_size=-1", "data.image_size=-3",
     "network.channel_mults=[]", "network.channel_mults=[1,0]", "train.cpus_per_worker=0", "train.warmup_steps=-5",
     "autoencoder.lr=-1", "train.seeds=[]", "train.seeds=[0,0]", "diffusion.beta_start=0.5",
-    "network.num_heads=3", "eval.confidence=1", "sample.steps=2000",
+    "network.num_heads=0", "eval.confidence=1", "sample.steps=2000",
 ])
 def test_values_found_by_fault_injection_fail_at_load(override):
     key = override.split("=")[0]
@@ -66,6 +66,11 @@ def test_values_found_by_fault_injection_fail_at_load(override):
     with pytest.raises(ConfigError, match=f"^({key}|{section})") as err:
         config.load("demo", [override])
     assert "\n" not in str(err.value)
+
+
+def test_attention_heads_must_divide_every_attention_width():
+    with pytest.raises(ConfigError, match="^network.num_heads: 3 must divide every attention width"):
+        config.load("cifar10", ["network.num_heads=3"])
 
 
 @pytest.mark.parametrize("source", ["folder", "arrays"])

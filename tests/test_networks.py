@@ -279,3 +279,28 @@ def test_gradient_loss_penalises_blur_not_shifts():
     assert gradient_loss(x, x) == 0
     assert gradient_loss(x + 0.5, x) < 1e-6  # a brightness shift keeps every edge
     assert gradient_loss(blurred, x) > 0.1
+
+
+def test_the_mlp_denoises_image_latents_flattened():
+    model = build_denoiser("mlp", (3, 4, 4), hidden=32, layers=2)
+    x = torch.randn(5, 3, 4, 4)
+    assert model(x, torch.arange(5)).shape == x.shape and model.inp.in_features == 48
+
+
+def test_min_snr_weights_and_the_cosine_learning_rate():
+    from types import SimpleNamespace
+
+    from logdiff_core.diffusion import loss_weights
+    from logdiff_core.schedules import Schedule
+    from tasks.train import lr_factor
+
+    schedule = Schedule.from_config("linear", 1000)
+    t = torch.tensor([0, 500, 999])
+    weights = loss_weights(schedule, t, 5.0)
+    snr = schedule.alpha_bars[t] / (1 - schedule.alpha_bars[t])
+    assert torch.allclose(weights, torch.clamp(snr, max=5.0) / snr) and weights[0] < 1e-3 and weights[-1] == 1
+    assert loss_weights(schedule, t, None) is None
+    cosine = SimpleNamespace(lr_schedule="cosine", warmup_steps=10, steps=110)
+    assert [round(lr_factor(cosine, s), 3) for s in (0, 9, 10, 60, 110)] == [0.1, 1.0, 1.0, 0.5, 0.0]
+    constant = SimpleNamespace(lr_schedule="constant", warmup_steps=10, steps=110)
+    assert lr_factor(constant, 100) == 1.0

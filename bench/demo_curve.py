@@ -1,0 +1,124 @@
+"""The demo's sample quality against CPU time: for a few training settings, one model trained on one thread (as
+the demo trains each of its five side by side), scored with the pipeline's own metric beside the baselines.
+
+    .venv/bin/python bench/demo_curve.py                      # every setting below, the gaussian model
+    .venv/bin/python bench/demo_curve.py --only demo long     # some of them
+    .venv/bin/python bench/demo_curve.py --distribution laplace
+
+Prints one row per setting: training CPU-seconds, evaluation seconds, the champion metric with its interval, and
+the distance above the real-vs-real floor in multiples of the autoencoder ceiling's. The baselines are scored once
+per data/autoencoder setting. Runs the stage functions directly (no Prefect, Ray or MLflow) in a temp folder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from tasks import config  # noqa: E402
+from tasks.autoencoder import train_autoencoder  # noqa: E402
+from tasks.baselines import compute_baselines  # noqa: E402
+from tasks.classifier import train_classifier  # noqa: E402
+from tasks.config import Variant  # noqa: E402
+from tasks.encode import encode_latents  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.train import train_diffusion  # noqa: E402
+
+# name -> overrides of the demo preset; the first is the demo as it ships
+SETTINGS = {
+    "demo": [],
+    "steps/2": ["train.steps=1000"],
+    "steps x2": ["train.steps=4000"],
+    "batch 64": ["train.batch_size=64"],
+    "batch 256": ["train.batch_size=256"],
+    "lr 1e-3": ["train.lr=0.001"],
+    "lr 4e-3": ["train.lr=0.004"],
+    "ema 0.99": ["train.ema_decay=0.99"],
+    "ema 0.999": ["train.ema_decay=0.999"],
+    "width 32": ["network.base_channels=32"],
+    "no attention": ["network.attention_resolution=0"],
+    "ae 8ch": ["autoencoder.latent_channels=8"],
+    "x1": ["train.steps=2000", "train.lr=0.002", "train.ema_decay=0.998"],
+    "x2": ["train.steps=1000", "train.batch_size=256", "train.lr=0.002"],
+    "x3": ["train.steps=3000", "train.lr=0.002", "network.attention_resolution=0", "train.ema_decay=0.998"],
+    "x4": ["train.steps=2000", "train.lr=0.002", "network.channel_mults=[1]", "network.base_channels=32", "train.ema_decay=0.998"],
+    "x5": ["train.steps=2000", "train.lr=0.002", "train.ema_decay=0.998", "autoencoder.downsample=1"],
+    "x6": ["train.steps=2000", "train.lr=0.002", "train.ema_decay=0.998", "autoencoder.latent_channels=8"],
+    "y1": ["train.steps=1000", "train.batch_size=256", "train.lr=0.002", "network.channel_mults=[1]", "network.base_channels=32"],
+    "y2": ["train.steps=500", "train.batch_size=512", "train.lr=0.003"],
+    "y3": ["train.steps=1700", "train.batch_size=256", "train.lr=0.002", "network.attention_resolution=0"],
+    "y4": ["train.steps=1000", "train.batch_size=256", "train.lr=0.004"],
+    "m1": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=4000", "train.batch_size=256", "train.lr=0.002"],
+    "m2": ["network.kind=mlp", "network.hidden=512", "network.layers=4", "train.steps=3000", "train.batch_size=256", "train.lr=0.001"],
+    "m3": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=8000", "train.batch_size=256", "train.lr=0.002", "train.ema_decay=0.999"],
+    "n1": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=4000", "train.batch_size=256", "train.lr=0.002", "train.min_snr_gamma=5"],
+    "n2": ["train.steps=1700", "train.batch_size=256", "train.lr=0.002", "network.attention_resolution=0", "train.min_snr_gamma=5"],
+    "p1": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=4000", "train.batch_size=256", "train.lr=0.002", "train.min_snr_gamma=5", "autoencoder.kl_weight=0.001"],
+    "p2": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=4000", "train.batch_size=256", "train.lr=0.002", "train.min_snr_gamma=2"],
+    "p3": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.steps=4000", "train.batch_size=256", "train.lr=0.003", "train.min_snr_gamma=5"],
+    "p4": ["train.steps=1700", "train.batch_size=256", "train.lr=0.002", "network.attention_resolution=0", "train.min_snr_gamma=5", "autoencoder.kl_weight=0.001"],
+    "q1": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.batch_size=256", "train.lr=0.002", "autoencoder.kl_weight=0.001", "train.steps=3000", "train.min_snr_gamma=5", "train.lr_schedule=cosine"],
+    "q2": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.batch_size=256", "train.lr=0.002", "autoencoder.kl_weight=0.001", "train.steps=4000", "train.min_snr_gamma=2"],
+    "q3": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.batch_size=256", "train.lr=0.002", "autoencoder.kl_weight=0.001", "train.steps=4000", "train.min_snr_gamma=5", "train.ema_decay=0.998"],
+    "q4": ["network.kind=mlp", "network.hidden=256", "network.layers=3", "train.batch_size=256", "train.lr=0.002", "autoencoder.kl_weight=0.01", "train.steps=4000", "train.min_snr_gamma=5"],
+    "k1": ["train.steps=1700", "train.batch_size=256", "train.lr=0.002", "network.attention_resolution=0", "autoencoder.kl_weight=0.001"],
+}
+UPSTREAM = ("data", "autoencoder", "classifier", "eval", "seed")  # sections the baselines depend on
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="settings to run (default: all)")
+    parser.add_argument("--distribution", default="gaussian")
+    parser.add_argument("--preset", default="demo")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as each model trains in the demo: five Ray tasks, one thread each, on two cores
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="logdiff-bench-") as tmp:
+        prepared: dict[str, Path] = {}
+        for name in args.only or SETTINGS:
+            cfg = config.load(args.preset, [*SETTINGS[name], f"diffusion.distributions={{{args.distribution}: {{}}}}"])
+            key = repr(cfg.settings(*UPSTREAM))
+            if key not in prepared:  # data, autoencoder, judge and baselines once per upstream setting
+                prepared[key] = Path(tmp) / f"upstream{len(prepared)}"
+                cfg = replace(cfg, workdir=str(prepared[key]))
+                for step in (ingest, train_autoencoder, lambda c: encode_latents(c, "identity"), train_classifier,
+                             lambda c: compute_baselines(c, "identity")):
+                    step(cfg)
+            cfg = replace(cfg, workdir=str(prepared[key]))
+            variant = Variant(args.distribution, "identity", cfg.train.seeds[0])
+            started = time.process_time()
+            train_diffusion(cfg, variant, progress=False)
+            train_cpu = time.process_time() - started
+            started = time.perf_counter()
+            record = evaluate(cfg, variant)
+            rows.append((name, train_cpu, time.perf_counter() - started, record))
+            print_row(*rows[-1], header=len(rows) == 1)
+    baselines = rows[0][3]["baselines"]
+    metric = rows[0][3]["champion_metric"]
+    print(f"\nbaselines ({rows[0][3]['metric_sample_size']} samples): " + ", ".join(
+        f"{name} {scores[metric]:.3g}" for name, scores in baselines.items()))
+
+
+def print_row(name: str, train_cpu: float, eval_s: float, record: dict, header: bool) -> None:
+    metric = record["champion_metric"]
+    if header:
+        print(f"{'setting':<14}{'train CPU-s':>12}{'eval s':>8}  {metric + ' [95% interval]':<28}{'x ceiling':>10}"
+              f"{'precision':>10}{'recall':>8}")
+    interval = f"{record[metric]:.3g} [{record[metric + '_low']:.3g}, {record[metric + '_high']:.3g}]"
+    ratio = record["ceiling_ratio"]
+    print(f"{name:<14}{train_cpu:>12.1f}{eval_s:>8.1f}  {interval:<28}{'n/a' if ratio is None else f'{ratio:.2f}':>10}"
+          f"{record.get('precision', float('nan')):>10.2f}{record.get('recall', float('nan')):>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
