@@ -54,7 +54,8 @@ def encoded(tmp_path_factory):
 def test_autoencoder_and_encoding(encoded):
     cfg, ae_record, latents, _, _ = encoded
     assert ae_record["kind"] == "conv" and 5 < ae_record["val_psnr"] < 60 and ae_record["images_per_s"] > 0
-    assert latents["latent_shape"] == [3, 4, 4] and latents["counts"] == {"train": 270, "val": 30}
+    held_out = round(300 * cfg.data.val_fraction)
+    assert latents["latent_shape"] == [3, 4, 4] and latents["counts"] == {"train": 300 - held_out, "val": held_out}
     train = load_latents(cfg, "identity", "train")
     assert train.std().item() == pytest.approx(1.0, rel=1e-4)  # the latent scale factor makes unit variance
     # centred per channel, as the preconditioner's skip connection assumes (it used to be off by the mean)
@@ -102,7 +103,10 @@ def test_changed_settings_do_not_resume_a_stale_checkpoint(encoded):
 def test_the_judge_and_the_baselines(encoded):
     cfg, _, _, judge, baselines = encoded
     assert judge["available"] and judge["classes"] == 10 and 0.3 < judge["accuracy"] <= 1
-    assert baselines["champion_metric"] == "fd_classifier" and baselines["metric_sample_size"] == 30  # held-out
+    # as many samples as both the request and the held-out split allow
+    held_out = round(300 * cfg.data.val_fraction)
+    assert baselines["champion_metric"] == "fd_classifier"
+    assert baselines["metric_sample_size"] == min(held_out, cfg.eval.num_samples)
     assert "classifier trained on the training labels" in baselines["basis"] and "not FID" in baselines["basis"]
     for name in ("floor", "ceiling", "trivial"):
         scores = baselines[name]
