@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)  # everything but the end-to-end runs of the orchestrated pipeline (about a minute)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 bench: $(STAMP)
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf artifacts mlflow.db mlartifacts

@@ -103,8 +103,8 @@ def verdict(groups: list[Group], baselines: dict[str, dict], metric: str) -> lis
                 else "within the noise: not a real difference at this sample size")
         lines.append(f"- {other.label}: {other.mean:.4g}, {gap:+.3g}{relative} against {best.label}: {real}.")
     if seeds == 1:
-        lines.append("With one seed per model, run-to-run variation is not measured: set train.seeds=[0,1,2] "
-                     "(`logdiff run demo-replicates`) for the spread across seeds.")
+        lines.append("With one seed per model, run-to-run variation is not measured: rerun with train.seeds=[0,1,2] "
+                     "for the spread across seeds (the demo-replicates preset does this for the demo).")
     models = [r for g in groups for r in g.records]
     beaten = [r for r in models if r.get("beats_trivial") is False]
     trivial = next((b["trivial"][metric] for b in baselines.values() if b.get("trivial")), None)

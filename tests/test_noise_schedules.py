@@ -107,8 +107,9 @@ def test_bad_schedule_arguments():
 @pytest.mark.parametrize("name", noise.names())
 def test_variance_normalisation_theorem_1(name):
     """Every unit-variance distribution reaches the same x_T variance under the same schedule, whether in one
-    closed-form step or by running the 1000-step Markov chain."""
-    schedule = Schedule.from_config("linear", 1000)
+    closed-form step or by running the Markov chain. A 100-step chain keeps it cheap and leaves abar_T far from 0, so
+    the data's share of the variance is checked too."""
+    schedule = Schedule.from_config("linear", 100)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(20_000, generator=gen, dtype=torch.float64) * 4 - 1  # data variance 4/3
     dist = noise.get(name)
@@ -120,4 +121,5 @@ def test_variance_normalisation_theorem_1(name):
         x = torch.sqrt(1 - beta) * x + torch.sqrt(beta) * dist.sample(x.shape, generator=gen, dtype=torch.float64)
     assert one_shot.var().item() == pytest.approx(expected, rel=0.03)
     assert x.var().item() == pytest.approx(expected, rel=0.03)
-    assert x.mean().item() == pytest.approx(0.0, abs=0.03)
+    expected_mean = schedule.alpha_bars64[-1].sqrt().item() * x0.mean().item()  # the noise has mean 0
+    assert x.mean().item() == pytest.approx(expected_mean, abs=0.03)
