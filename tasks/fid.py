@@ -54,7 +54,7 @@ def resolve_fid_weights(configured: str | None) -> Path:
             download_weights(URL_INCEPTION_V3, cached)
         except Exception as err:  # any network or disk failure means the same thing to the caller
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            raise FIDUnavailable(f"FID unavailable: Inception weights (pt_inception-2015-12-05) not found locally "
+            raise FIDUnavailable(f"Inception weights (pt_inception-2015-12-05) not found locally "
                                  f"and the download failed ({reason}); set eval.fid_weights or {WEIGHTS_ENV} "
                                  f"to a local copy") from None
     return cached

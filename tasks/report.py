@@ -184,8 +184,6 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
            f"same reference ({first['reference']}), with {first['confidence']:.0%} bootstrap intervals "
            f"({first['bootstrap']} resamples of the scored set). Lower is better, except precision, recall and class "
            "entropy (higher, up to the floor's: real data scores those).", ""]
-    if "fid_unavailable" in first and metric != "fid":
-        out += [f"No FID: {first['fid_unavailable']}", ""]
     out += ["## Verdict", "", *lines, ""]
     out += ["## Baselines", "", "| baseline | transform | " + " | ".join(metrics) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]

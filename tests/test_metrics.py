@@ -192,7 +192,7 @@ def test_weights_download_into_hub_cache_or_one_line_error(monkeypatch, tmp_path
     with pytest.raises(fid.FIDUnavailable) as error:
         fid.resolve_fid_weights(None)
     message = str(error.value)
-    assert "\n" not in message and message.startswith("FID unavailable: Inception weights (pt_inception-2015-12-05)")
+    assert "\n" not in message and message.startswith("Inception weights (pt_inception-2015-12-05)")
     assert "Temporary failure in name resolution" in message and fid.WEIGHTS_ENV in message
 
     def online(url, dest):
