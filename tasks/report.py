@@ -74,6 +74,25 @@ def _with_interval(scores: dict, metric: str) -> str:
     return f"{_fmt(scores[metric])} [{_fmt(scores[f'{metric}_low'])}, {_fmt(scores[f'{metric}_high'])}]"
 
 
+def _across_seeds(records: list[dict], metric: str) -> str:
+    values = [r[metric] for r in records if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not values:
+        return "n/a"
+    return f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values, ddof=1)))}" if len(values) > 1 \
+        else _fmt(values[0])
+
+
+_HIGHER_IS_BETTER = ("precision", "recall", "class_entropy")
+
+
+def _direction(metrics: list[str]) -> str:
+    higher = [m.replace("_", " ") for m in metrics if m in _HIGHER_IS_BETTER]
+    if not higher:
+        return "Lower is better."
+    return (f"Lower is better, except {', '.join(higher[:-1]) + ' and ' if len(higher) > 1 else ''}{higher[-1]} "
+            "(higher, up to the floor's: real data scores those).")
+
+
 def differs(a: Group, b: Group) -> bool:
     """Whether the gap between two groups is larger than the noise: with seeds on both sides, more than twice the
     standard error of the difference of the means; with one seed, non-overlapping bootstrap intervals."""
@@ -182,8 +201,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
            f"Ranked by **{basis}**.", "",
            f"Every figure, baselines included, is computed at {first['metric_sample_size']} samples against the "
            f"same reference ({first['reference']}), with {first['confidence']:.0%} bootstrap intervals "
-           f"({first['bootstrap']} resamples of the scored set). Lower is better, except precision, recall and class "
-           "entropy (higher, up to the floor's: real data scores those).", ""]
+           f"({first['bootstrap']} resamples of the scored set). {_direction(metrics)}", ""]
     out += ["## Verdict", "", *lines, ""]
     out += ["## Baselines", "", "| baseline | transform | " + " | ".join(metrics) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]
@@ -199,14 +217,14 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
             " | ".join(m for m in metrics if m != metric) + " |",
             "| --- | ---: | ---: | :---: | ---: | " + " | ".join("---:" for m in metrics if m != metric) + " |"]
     for variant, record in rows.items():
-        others = [_fmt(record.get(m)) for m in metrics if m != metric]
+        others = [_with_interval(record, m) for m in metrics if m != metric]
         out.append(f"| {variant.label} | {variant.seed} | {_with_interval(record, metric)} | "
                    f"{_fmt(record.get('beats_trivial'))} | {_fmt(record.get('ceiling_ratio'))} | "
                    + " | ".join(others) + " |")
     if len(seeds) > 1:
-        out += ["", "## Across seeds", "", f"| model | {metric} mean | std across seeds | seeds |",
-                "| --- | ---: | ---: | ---: |"]
-        out += [f"| {g.label} | {g.mean:.4g} | {_fmt(g.spread)} | {len(g.scores)} |"
+        out += ["", "## Across seeds", "", "Mean ± standard deviation across the seeds.", "",
+                "| model | seeds | " + " | ".join(metrics) + " |", "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |"]
+        out += [f"| {g.label} | {len(g.scores)} | " + " | ".join(_across_seeds(g.records, m) for m in metrics) + " |"
                 for g in sorted(groups, key=lambda g: g.mean)]
     if missing:
         out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]

@@ -15,3 +15,11 @@ torch.set_num_threads(1)
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Stages set torch's thread count from train.cpus_per_worker (the cifar10 preset asks for 2): put it back, so
+    no test's numbers or speed depend on which tests ran before it."""
+    yield
+    torch.set_num_threads(1)

