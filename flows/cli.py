@@ -126,6 +126,7 @@ def _sample(args) -> None:
 
 
 def _run(args) -> int:
+    from flows.distributed import stop_ray
     from flows.pipeline import check_before_running, print_summary, run_pipeline
     from flows.project import project_lock
     from flows.runlog import run_log
@@ -136,6 +137,7 @@ def _run(args) -> int:
     with project_lock(project), run_log(project, "run") as args.log_path, prefect_api():
         summary = run_pipeline(args.preset, args.overrides, project_dir=str(project), force=args.force,
                                ray_dashboard=args.ray_dashboard)
+        stop_ray()
     print_summary(summary)
     return 1 if any("error" in info for info in summary["models"].values()) else 0
 

@@ -7,6 +7,7 @@ only when the cluster has GPUs: a task asking for a GPU on a CPU-only cluster wo
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,14 @@ def init_ray(dashboard: bool = False) -> None:
                            log_to_driver=True)
         if dashboard:
             print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local Ray stops) if this process started it: the workers' last relayed lines come out
+    now, not after the run's summary."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def gpus_per_task(cfg: Config) -> float:
