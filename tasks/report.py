@@ -76,10 +76,9 @@ def _with_interval(scores: dict, metric: str) -> str:
 
 def _across_seeds(records: list[dict], metric: str) -> str:
     values = [r[metric] for r in records if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-    if not values:
-        return "n/a"
-    return f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values, ddof=1)))}" if len(values) > 1 \
-        else _fmt(values[0])
+    if len(values) < 2:
+        return _fmt(values[0]) if values else "n/a"
+    return f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values, ddof=1)))}"
 
 
 _HIGHER_IS_BETTER = ("precision", "recall", "class_entropy")
@@ -223,7 +222,8 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
                    + " | ".join(others) + " |")
     if len(seeds) > 1:
         out += ["", "## Across seeds", "", "Mean ± standard deviation across the seeds.", "",
-                "| model | seeds | " + " | ".join(metrics) + " |", "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |"]
+                "| model | seeds | " + " | ".join(metrics) + " |",
+                "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |"]
         out += [f"| {g.label} | {len(g.scores)} | " + " | ".join(_across_seeds(g.records, m) for m in metrics) + " |"
                 for g in sorted(groups, key=lambda g: g.mean)]
     if missing:
