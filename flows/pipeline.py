@@ -27,6 +27,7 @@ from tasks.config import Config, Variant
 from tasks.data import load_manifest
 from tasks.io import read_json, write_json
 from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, state_dir, train_dir
+from tasks.scoring import BASELINES
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -297,7 +298,7 @@ def print_summary(summary: dict) -> None:
         print(f"{metric}, lower is better; [{confidence:.0%} intervals]; 'x ceiling' is the distance above the "
               "real-vs-real floor in multiples of the autoencoder ceiling's")
         for transform, baselines in report["baselines"].items():
-            for name in ("floor", "ceiling", "trivial"):
+            for name in BASELINES:
                 if baselines.get(name):
                     print(f"  {name + ' (' + transform + ')':<26}{_interval(baselines[name], metric)}")
     print(f"{'model':<22}{'seed':>4}  {'score [interval]':<26}{'vs trivial':<12}{'x ceiling':>9}  {'version':>7}  "

@@ -20,7 +20,7 @@ from logdiff_core.networks import count_parameters
 
 from .config import Config, write_yaml
 from .data import float_to_images, images_to_float, load_split
-from .io import Resumable, fingerprint, save_safetensors, stage_output, write_json
+from .io import Resumable, fingerprint, save_safetensors, stage_output, without_run_length, write_json
 from .paths import MODEL_FILE, autoencoder_dir, checkpoint_file, data_dir, metrics_file
 from .runtime import StepCallback, resolve_device, seed_everything
 from .visuals import save_image_grid
@@ -70,9 +70,8 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
     opt_d = torch.optim.AdamW(disc.parameters(), lr=ae_cfg.lr, betas=(0.5, 0.9))
     data = images_to_float(train.values).to(device)
 
-    run_fingerprint = fingerprint({
-        "seed": cfg.seed, "data": train.manifest["content_hash"],
-        "autoencoder": {k: v for k, v in cfg.to_dict()["autoencoder"].items() if k not in ("steps", "checkpoint_every", "log_every")}})
+    run_fingerprint = fingerprint({"seed": cfg.seed, "data": train.manifest["content_hash"],
+                                   "autoencoder": without_run_length(cfg.to_dict()["autoencoder"])})
     checkpoint = Resumable(checkpoint_file(cfg, "autoencoder"), run_fingerprint, "autoencoder", model=model,
                            disc=disc, opt=opt, opt_d=opt_d)
     start = 0

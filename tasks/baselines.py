@@ -18,10 +18,8 @@ from .config import Config
 from .data import load_split
 from .io import atomic_save_with, stage_output, write_json
 from .paths import baselines_dir, data_dir, metrics_file
-from .scoring import build_scorer, subset
+from .scoring import BASELINES, build_scorer, subset
 from .visuals import save_image_grid
-
-BASELINES = ("floor", "ceiling", "trivial")
 
 
 def trivial_samples(cfg: Config, transform: str, n: int) -> np.ndarray:

@@ -161,7 +161,8 @@ class TrainConfig:
 
     _choices = {"lr_schedule": ("constant", "cosine")}
     _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-               "warmup_steps": NON_NEGATIVE, "min_snr_gamma": NON_NEGATIVE, "grad_clip": NON_NEGATIVE, "ema_decay": Range(0, 1, high_open=True),
+               "warmup_steps": NON_NEGATIVE, "min_snr_gamma": NON_NEGATIVE, "grad_clip": NON_NEGATIVE,
+               "ema_decay": Range(0, 1, high_open=True),
                "checkpoint_every": COUNT, "log_every": COUNT, "eval_every": NON_NEGATIVE, "num_workers": COUNT,
                "cpus_per_worker": POSITIVE, "gpus_per_worker": Range(0, 1, low_open=True), "seeds": NON_NEGATIVE}
 

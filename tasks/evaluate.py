@@ -12,7 +12,7 @@ from .data import load_manifest, load_split
 from .io import atomic_save_with, check_replaceable, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, train_dir
 from .sample import load_trained
-from .scoring import build_scorer
+from .scoring import BASELINES, build_scorer
 from .visuals import plot_histograms, plot_trajectories, save_image_grid
 
 TRAJECTORIES = 8  # samples whose trajectories are drawn
@@ -56,7 +56,7 @@ def evaluate(cfg: Config, variant: Variant) -> dict:
               "kind": scorer.kind, "num_samples": cfg.eval.num_samples, **options, **scorer.describe(),
               **scores, "champion_score": scores[champion],
               **read_against_baselines(scores, baselines, champion),
-              "baselines": {name: baselines[name] for name in ("floor", "ceiling", "trivial") if baselines.get(name)},
+              "baselines": {name: baselines[name] for name in BASELINES if baselines.get(name)},
               "latent_std": float(generated.latents.std())}
     traj = generated.trajectories
     with stage_output(eval_dir(cfg, variant), "evaluate") as out:

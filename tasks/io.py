@@ -177,6 +177,12 @@ def under_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
+def without_run_length(section: dict) -> dict:
+    """A training section without the keys that only say how long and how often (steps, checkpoint and log
+    intervals): a run may resume under a longer or more often logged version of itself."""
+    return {k: v for k, v in section.items() if k not in ("steps", "checkpoint_every", "log_every")}
+
+
 class Resumable:
     """A training run's state, saved atomically every few steps and restored after a kill when the run's
     ``fingerprint`` (its data and settings) still matches and the saved step is within the run's length.

@@ -18,10 +18,9 @@ from .config import Config, Variant
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
-from .scoring import lower_is_better
+from .scoring import BASELINES, lower_is_better
 from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_training_curves
 
-BASELINES = ("floor", "ceiling", "trivial")
 BASELINE_WORDS = {"floor": "floor (real vs real)", "ceiling": "ceiling (autoencoder reconstructions)",
                   "trivial": "trivial (Gaussian fitted to the latents)"}
 
@@ -81,11 +80,8 @@ def _across_seeds(records: list[dict], metric: str) -> str:
     return f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values, ddof=1)))}"
 
 
-_HIGHER_IS_BETTER = ("precision", "recall", "class_entropy")
-
-
 def _direction(metrics: list[str]) -> str:
-    higher = [m.replace("_", " ") for m in metrics if m in _HIGHER_IS_BETTER]
+    higher = [m.replace("_", " ") for m in metrics if not lower_is_better(m)]
     if not higher:
         return "Lower is better."
     return (f"Lower is better, except {', '.join(higher[:-1]) + ' and ' if len(higher) > 1 else ''}{higher[-1]} "

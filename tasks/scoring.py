@@ -12,7 +12,7 @@ Wasserstein distances on both scales, the correlation distance and the non-posit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Callable
 
@@ -37,6 +37,7 @@ from .sample import TrainedModel, schedule_from
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_entropy"})
 REFERENCE_CAP = 10_000  # reference images (training split) for the statistics: enough, and bounded in time
 COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD): seconds per resample
+BASELINES = ("floor", "ceiling", "trivial")  # what every model is read against (the baselines stage)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -173,15 +174,15 @@ def inception_or_reason(cfg: Config) -> tuple[InceptionFeatures | None, str | No
         return None, str(err)
 
 
-def build_scorer(cfg: Config, bootstrap: int | None = None, size: int | None = None) -> Scorer:
-    """The experiment's scorer: what its models, baselines and curves are measured with. ``bootstrap`` and
-    ``size`` override the config's (training curves use none and fewer samples)."""
+def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None = None) -> Scorer:
+    """The experiment's scorer: what its models, baselines and curves are measured with. ``bootstrap`` overrides
+    the config's, ``max_size`` caps the sample size (training curves use no bootstrap and fewer samples)."""
     train, held_out = load_split(data_dir(cfg), "train"), load_split(data_dir(cfg), "val")
-    n = cfg.eval.num_samples
+    n = cfg.eval.num_samples if max_size is None else min(cfg.eval.num_samples, max_size)
     bootstrap = cfg.eval.bootstrap if bootstrap is None else bootstrap
     common = dict(bootstrap=bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
     if train.kind == "array":
-        size = size or min(n, len(train.values))
+        size = min(n, len(train.values))
         reference = held_out.values
         measure = Measure(("wasserstein", "log_wasserstein", "correlation_distance", "frac_non_positive"),
                           lambda values: {"values": values}, lambda rows: array_metrics(rows["values"], reference))
@@ -190,7 +191,7 @@ def build_scorer(cfg: Config, bootstrap: int | None = None, size: int | None = N
                  if chosen == "wasserstein" else f"{chosen}: set by eval.champion_metric")
         return Scorer("array", size, [measure], chosen, basis, notes={"reference": "held-out split"}, **common)
 
-    size = size or min(n, len(held_out.values))
+    size = min(n, len(held_out.values))
     device = resolve_device(cfg.train.device)
     reference = subset(train.values, REFERENCE_CAP, cfg.seed)
     measures, notes = [], {"reference": f"{len(reference)} training images"}
@@ -243,13 +244,11 @@ def _image_basis(chosen: str, notes: dict) -> str:
 def curve_evaluator(cfg: Config, variant: Variant, num_samples: int = 256):
     """For training curves: the champion metric of the EMA model every ``train.eval_every`` steps, on fewer
     samples and without intervals (so not comparable with the final evaluation's figure, only with itself)."""
-    scorer = build_scorer(cfg, bootstrap=0)
-    scorer.size = min(scorer.size, num_samples)
+    scorer = build_scorer(cfg, bootstrap=0, max_size=num_samples)
+    scorer = replace(scorer, measures=[next(m for m in scorer.measures if scorer.champion in m.names)])
     codec = load_codec(cfg, variant.transform)
     schedule = schedule_from(cfg.to_dict())
     noise = noise_lib.get(variant.distribution, **cfg.diffusion.distributions[variant.distribution])
-    measure = next(m for m in scorer.measures if scorer.champion in m.names)
-    scorer.measures = [measure]
 
     def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
         model = TrainedModel(ema_model, schedule, noise, codec, variant.distribution, cfg.to_dict())

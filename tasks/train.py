@@ -30,7 +30,8 @@ from logdiff_core.networks import count_parameters
 from .codec import latents_manifest, load_codec, load_latents
 from .config import Config, Variant, write_yaml
 from .data import load_manifest
-from .io import Resumable, atomic_write_text, check_replaceable, fingerprint, sha256_file, stage_output, write_json
+from .io import (Resumable, atomic_write_text, check_replaceable, fingerprint, sha256_file, stage_output,
+                 without_run_length, write_json)
 from .paths import MODEL_FILE, checkpoint_file, data_dir, latents_dir, metrics_file, train_dir
 from .runtime import StepCallback, resolve_device, seed_everything
 from .sample import build_network, network_spec, save_model, schedule_from
@@ -43,7 +44,7 @@ def training_fingerprint(cfg: Config, variant: Variant) -> str:
     """What a checkpoint must match to be resumed: the latents and every setting except the run's length."""
     settings = {k: v for k, v in cfg.model_settings(variant).items()
                 if k in ("seed", "network", "diffusion", "train")}
-    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
+    settings["train"] = without_run_length(settings["train"])
     return fingerprint({**settings, "latents": sha256_file(latents_dir(cfg, variant.transform) / "train.npy")})
 
 
@@ -187,8 +188,8 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     trained_steps = tc.steps - start
     # the folder holds what the run made, identical whoever runs it (and however often it was resumed); how the
     # run went goes to metrics/ and MLflow only
-    record = {"distribution": distribution, "transform": variant.transform, "seed": variant.seed, "noise_params": params,
-              "steps": tc.steps, "final_loss": history[-1]["loss"] if history else None,
+    record = {"distribution": distribution, "transform": variant.transform, "seed": variant.seed,
+              "noise_params": params, "steps": tc.steps, "final_loss": history[-1]["loss"] if history else None,
               "parameters": count_parameters(model), "device": str(device), "world_size": world,
               "fingerprint": checkpoint.fingerprint}
     timing = {"seconds": seconds,
