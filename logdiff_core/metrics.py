@@ -3,12 +3,10 @@
 Pure numpy/torch: the Fréchet distance and KID on precomputed features (Inception's for FID, the judge
 classifier's for ``fd_classifier``), improved precision/recall and class entropy in the same features, the
 multi-scale sliced Wasserstein distance (SWD) of ProGAN on uint8 images, weight-free distances for
-tabular/positive arrays, and bootstrap intervals for any of them. Feature extraction lives elsewhere
+tabular/positive arrays. Feature extraction lives elsewhere
 (``tasks.fid``, ``logdiff_core.classifier``).
 """
 from __future__ import annotations
-
-from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -274,23 +272,3 @@ def class_entropy(probabilities: np.ndarray) -> float:
     shares = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
     shares = shares[shares > 0]
     return float(-(shares * np.log(shares)).sum())
-
-
-def bootstrap_interval(statistic, *arrays: np.ndarray, num_resamples: int = 200, confidence: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
-    """Interval ``value +- z * SE`` for ``statistic(*arrays)``, with the standard error from a bootstrap that
-    resamples rows (the same rows of every array, so paired arrays stay paired). Pass only the generated set's
-    arrays: the reference stays fixed, which is the uncertainty that matters when models are compared against
-    one reference. (A percentile interval would sit off-centre: resampling with duplicates inflates a Fréchet
-    distance, while its spread is still estimated well.)"""
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"bootstrap_interval: arrays differ in length ({', '.join(str(len(a)) for a in arrays)})")
-    if not 0 < confidence < 1 or num_resamples < 2:
-        raise ValueError("bootstrap_interval needs 0 < confidence < 1 and at least 2 resamples")
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(*(a[rows] for a in arrays))
-                       for rows in rng.integers(0, n, size=(num_resamples, n))], dtype=np.float64)
-    value = float(statistic(*arrays))
-    half_width = NormalDist().inv_cdf(0.5 + confidence / 2) * float(values.std(ddof=1))
-    return value - half_width, value + half_width

@@ -50,7 +50,7 @@ class Group:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """The bootstrap interval, with one seed."""
+        """The model's interval (across its scored sets, or bootstrapped), with one seed."""
         record = self.records[0]
         if len(self.records) > 1 or f"{self.metric}_low" not in record:
             return None
@@ -80,6 +80,16 @@ def _across_seeds(records: list[dict], metric: str) -> str:
     return f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values, ddof=1)))}"
 
 
+def _interval_basis(record: dict) -> str:
+    if record["bootstrap"] < 2:
+        return "none (eval.bootstrap is 0)"
+    sets = record.get("sets", 1)
+    model = (f"a model's figure is the mean over {sets} independent sets of its samples, its interval from their "
+             "spread" if sets > 1 else f"a model's interval is bootstrapped ({record['bootstrap']} resamples)")
+    return model + (f"; a baseline scored on one set (the floor, the ceiling) is bootstrapped ({record['bootstrap']} "
+                    "resamples)")
+
+
 def _direction(metrics: list[str]) -> str:
     higher = [m.replace("_", " ") for m in metrics if not lower_is_better(m)]
     if not higher:
@@ -90,7 +100,7 @@ def _direction(metrics: list[str]) -> str:
 
 def differs(a: Group, b: Group) -> bool:
     """Whether the gap between two groups is larger than the noise: with seeds on both sides, more than twice the
-    standard error of the difference of the means; with one seed, non-overlapping bootstrap intervals."""
+    standard error of the difference of the means; with one seed, non-overlapping intervals."""
     if a.spread is not None and b.spread is not None:
         se = math.sqrt(a.spread**2 / len(a.scores) + b.spread**2 / len(b.scores))
         return abs(a.mean - b.mean) > 2 * se
@@ -195,8 +205,8 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
            f"each sampled {first['num_samples']} times with {first['sampler']} ({first['steps']} steps).", "",
            f"Ranked by **{basis}**.", "",
            f"Every figure, baselines included, is computed at {first['metric_sample_size']} samples against the "
-           f"same reference ({first['reference']}), with {first['confidence']:.0%} bootstrap intervals "
-           f"({first['bootstrap']} resamples of the scored set). {_direction(metrics)}", ""]
+           f"same reference ({first['reference']}), with {first['confidence']:.0%} intervals: "
+           f"{_interval_basis(first)}. {_direction(metrics)}", ""]
     out += ["## Verdict", "", *lines, ""]
     out += ["## Baselines", "", "| baseline | transform | " + " | ".join(metrics) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]

@@ -2,7 +2,8 @@
 
 One ``Scorer`` per experiment and data transform. It compares any set of samples with one reference, always at
 the same sample size, so that every figure carries the same finite-sample bias: a set larger than that size is
-scored as the mean over disjoint chunks of it. Every metric comes with a bootstrap interval over the scored set.
+scored as the mean over disjoint sets of it. Every metric comes with an interval: from the spread across those sets
+when there are several, else bootstrapped over the one set (see ``Scorer.score``).
 
 Images: the reference is the training split; the figures come from the judge classifier's features
 (``fd_classifier``, precision, recall, class entropy), from Inception's (FID, KID) when its weights can be had,
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import stats
 
 from logdiff_core import classifier as judges
 from logdiff_core import noise as noise_lib
@@ -79,33 +81,43 @@ class Scorer:
         return [name for measure in self.measures for name in measure.names]
 
     def score(self, samples: np.ndarray) -> dict:
-        """``{metric: value, metric_low: ..., metric_high: ...}`` for a set of at least ``size`` samples."""
+        """``{metric: value, metric_low: ..., metric_high: ..., "sets": k}`` for a set of at least ``size`` samples,
+        scored as ``k`` disjoint sets of ``size``. With ``k >= 2`` the value is their mean and the interval comes
+        from their spread (Student t): independent draws, so it is the model's own sampling noise. One set is
+        bootstrapped instead: ``value +- z * SE`` with the standard error over resampled rows (a percentile
+        interval would sit off-centre: duplicates inflate a Fréchet distance, while its spread is estimated well)."""
         if len(samples) < self.size:
             raise ValueError(f"scoring needs at least {self.size} samples (the sample size every set is scored "
                              f"at), got {len(samples)}; raise eval.num_samples")
         rng = np.random.default_rng(self.seed)
-        z = NormalDist().inv_cdf(0.5 + self.confidence / 2)
-        scores: dict[str, float] = {}
+        sets = len(samples) // self.size
+        scores: dict[str, float] = {"sets": sets}
         for measure in self.measures:
             rows = measure.embed(samples)
-            values = self._chunk_mean(measure, rows)
+            per_set = self._per_set(measure, rows)
+            values = {name: float(np.mean([s[name] for s in per_set])) for name in measure.names}
             scores.update(values)
-            resamples = min(self.bootstrap, measure.resamples or self.bootstrap)
-            if resamples < 2:
+            if self.bootstrap < 2:  # intervals are off
                 continue
-            n = len(samples)
-            draws = [self._chunk_mean(measure, {k: v[idx] for k, v in rows.items()})
-                     for idx in rng.integers(0, n, size=(resamples, n))]
+            if sets >= 2:
+                half = {name: stats.t.ppf(0.5 + self.confidence / 2, sets - 1)
+                        * float(np.std([s[name] for s in per_set], ddof=1)) / np.sqrt(sets)
+                        for name in measure.names}
+            else:
+                resamples = min(self.bootstrap, measure.resamples or self.bootstrap)
+                z = NormalDist().inv_cdf(0.5 + self.confidence / 2)
+                draws = [self._per_set(measure, {k: v[idx] for k, v in rows.items()})[0]
+                         for idx in rng.integers(0, len(samples), size=(resamples, len(samples)))]
+                half = {name: z * float(np.std([d[name] for d in draws], ddof=1)) for name in measure.names}
             for name in measure.names:
-                spread = z * float(np.std([d[name] for d in draws], ddof=1))
-                scores[f"{name}_low"], scores[f"{name}_high"] = values[name] - spread, values[name] + spread
+                scores[f"{name}_low"], scores[f"{name}_high"] = values[name] - half[name], values[name] + half[name]
         return scores
 
-    def _chunk_mean(self, measure: Measure, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    def _per_set(self, measure: Measure, rows: dict[str, np.ndarray]) -> list[dict[str, float]]:
+        """The metrics of each disjoint set of ``size`` rows (a remainder smaller than ``size`` is left out)."""
         n = len(next(iter(rows.values())))
-        chunks = [measure.measure({k: v[i:i + self.size] for k, v in rows.items()})
-                  for i in range(0, n - self.size + 1, self.size)]
-        return {name: float(np.mean([c[name] for c in chunks])) for name in measure.names}
+        return [measure.measure({k: v[i:i + self.size] for k, v in rows.items()})
+                for i in range(0, n - self.size + 1, self.size)]
 
     def describe(self) -> dict:
         return {"champion_metric": self.champion, "basis": self.basis, "metric_sample_size": self.size,

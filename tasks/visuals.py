@@ -80,7 +80,7 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
 
 def plot_ranking(groups, baselines: dict[str, dict], metric: str, path: str | Path) -> Path:
     """Each model (noise distribution x transform) ranked by ``metric``, best on top: its seeds as dots, the mean
-    with an error bar (the spread across seeds, or with one seed the bootstrap interval), and the baselines as
+    with an error bar (the spread across seeds, or with one seed the model's interval), and the baselines as
     vertical lines (lower is better)."""
     ranked = sorted(groups, key=lambda g: g.mean)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(ranked) + 1.6))

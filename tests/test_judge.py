@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter
 from sklearn.datasets import load_digits
 
 from logdiff_core.classifier import Judge, accuracy, augment, predict, to_input, train_judge
-from logdiff_core.metrics import (bootstrap_interval, class_entropy, feature_statistics, frechet_distance,
+from logdiff_core.metrics import (class_entropy, feature_statistics, frechet_distance,
                                   precision_recall, precision_recall_indicators)
 
 
@@ -132,20 +132,3 @@ def test_precision_recall_match_brute_force_and_known_cases():
 def test_class_entropy_counts_covered_classes():
     assert class_entropy(np.eye(4)) == pytest.approx(np.log(4))
     assert class_entropy(np.tile([0.7, 0.1, 0.1, 0.1], (10, 1))) == 0.0  # soft, but always the same class
-
-
-def test_bootstrap_interval_holds_the_estimate_narrows_with_data_and_is_seeded():
-    rng = np.random.default_rng(0)
-    reference = feature_statistics(rng.normal(size=(2000, 8)))
-
-    def fd(features):
-        return frechet_distance(*feature_statistics(features), *reference)
-
-    small, large = rng.normal(0.3, 1, size=(200, 8)), rng.normal(0.3, 1, size=(1600, 8))
-    low, high = bootstrap_interval(fd, small, num_resamples=100, seed=1)
-    assert low < fd(small) < high
-    large_low, large_high = bootstrap_interval(fd, large, num_resamples=100, seed=1)
-    assert large_high - large_low < (high - low) / 2
-    assert bootstrap_interval(fd, small, num_resamples=100, seed=1) == (low, high)
-    with pytest.raises(ValueError, match="differ in length"):
-        bootstrap_interval(lambda a, b: 0.0, small, large)

@@ -225,3 +225,31 @@ def test_reference_features_cached_and_recomputed_on_count_change(tmp_path):
     fewer = fid.reference_features(images[:30], lambda x: features[:len(x)], cache)
     np.testing.assert_allclose(fewer, features[:30], rtol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref_features.npz"]
+
+
+def fd_scorer(size: int, reference: np.ndarray, bootstrap: int = 100):
+    from tasks.scoring import Measure, Scorer
+
+    stats = feature_statistics(reference)
+    measure = Measure(("fd",), lambda rows: {"features": rows},
+                      lambda rows: {"fd": frechet_distance(*feature_statistics(rows["features"]), *stats)})
+    return Scorer("array", size, [measure], "fd", "fd", bootstrap=bootstrap, confidence=0.95, seed=0, notes={})
+
+
+def test_a_figure_over_several_sets_is_their_mean_and_its_interval_covers_the_expected_value():
+    size, sets = 100, 8
+    reference = random_features(2000, 6, seed=0)
+    scorer = fd_scorer(size, reference)
+    shifted = [random_features(size * sets, 6, seed=s) + 0.15 for s in range(1, 61)]
+    expected = np.mean([scorer.score(x[i * size:(i + 1) * size])["fd"] for x in shifted for i in range(sets)])
+    scores = [scorer.score(x) for x in shifted]
+    assert scores[0]["sets"] == sets
+    assert scores[0]["fd"] == pytest.approx(np.mean([scorer.score(shifted[0][i * size:(i + 1) * size])["fd"]
+                                                     for i in range(sets)]))
+    covered = np.mean([s["fd_low"] < expected < s["fd_high"] for s in scores])
+    assert 0.85 <= covered <= 1.0, covered
+    # one set alone is bootstrapped: about sqrt(8) times as wide as the figure over eight
+    one = scorer.score(shifted[0][:size])
+    assert one["sets"] == 1 and one["fd_low"] < one["fd"] < one["fd_high"]
+    assert (one["fd_high"] - one["fd_low"]) > 2 * (scores[0]["fd_high"] - scores[0]["fd_low"])
+    assert "fd_low" not in fd_scorer(size, reference, bootstrap=0).score(shifted[0])  # intervals off
