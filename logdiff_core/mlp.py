@@ -9,11 +9,11 @@ from logdiff_core.layers import TimeEmbedding, activation
 class ResidualMLPBlock(nn.Module):
     """LayerNorm -> Linear (+ time) -> act -> dropout -> Linear, added back to the input."""
 
-    def __init__(self, hidden: int, siren: bool, dropout: float) -> None:
+    def __init__(self, hidden: int, time_dim: int, siren: bool, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, hidden)
-        self.time_proj = nn.Sequential(activation(siren), nn.Linear(hidden, hidden))
+        self.time_proj = nn.Sequential(activation(siren), nn.Linear(time_dim, hidden))
         self.fc2 = nn.Sequential(activation(siren), nn.Dropout(dropout), nn.Linear(hidden, hidden))
 
     def forward(self, h: Tensor, t_emb: Tensor) -> Tensor:
@@ -22,14 +22,17 @@ class ResidualMLPBlock(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """Predicts the noise epsilon of x_t at timesteps t: forward(x [B, ...], t [B]) -> like x, on x flattened to
-    ``dim`` features: vectors, or small latents where a few wide layers learn faster than a U-Net's many small ones."""
+    ``dim`` features: vectors, or small latents where a few wide layers learn faster than a U-Net's many small ones.
+
+    The timestep is embedded in ``time_dim`` numbers: at ``time_dim = hidden`` the time path (embedding and one
+    projection per block) costs as much as the blocks' own layers, for one scalar input."""
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, siren: bool = False,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, time_dim: int = 64) -> None:
         super().__init__()
-        self.time_embed = TimeEmbedding(hidden, siren)
+        self.time_embed = TimeEmbedding(time_dim, siren)
         self.inp = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, siren, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, time_dim, siren, dropout) for _ in range(layers))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
         # Untrained model predicts exactly 0, which keeps the first training steps stable.
         nn.init.zeros_(self.out[-1].weight)

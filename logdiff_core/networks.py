@@ -13,7 +13,7 @@ from logdiff_core.unet import UNet
 
 # Config keys every caller passes; each network silently drops the ones it does not take.
 SHARED_CONFIG_KEYS = frozenset({"base_channels", "channel_mults", "attention_resolution", "num_heads", "siren",
-                                "dropout", "hidden", "layers"})
+                                "dropout", "hidden", "layers", "time_dim"})
 
 
 class DenoiserSpec(NamedTuple):

@@ -111,10 +111,12 @@ class NetworkConfig:
     dropout: float = 0.0
     hidden: int = 256  # mlp only
     layers: int = 3  # mlp only
+    time_dim: int = 64  # mlp only: the timestep embedding's width
 
     _choices = {"kind": _registry("logdiff_core.networks", "DENOISERS")}
     _ranges = {"base_channels": COUNT, "channel_mults": COUNT, "attention_resolution": NON_NEGATIVE,
-               "num_heads": COUNT, "dropout": Range(0, 1, high_open=True), "hidden": COUNT, "layers": COUNT}
+               "num_heads": COUNT, "dropout": Range(0, 1, high_open=True), "hidden": COUNT, "layers": COUNT,
+               "time_dim": COUNT}
 
 
 @dataclass
@@ -197,13 +199,13 @@ class ClassifierConfig:
 
 @dataclass
 class EvalConfig:
-    num_samples: int = 1000
+    num_samples: int = 1000  # scored as disjoint sets of the metric's sample size: several sets, a tighter figure
     fid: bool = True  # compute FID/KID for image data when the Inception weights can be had
     fid_weights: str | None = None  # local pt_inception-2015-12-05 file; default: $LOGDIFF_FID_WEIGHTS or download
     fid_required: bool = False  # true: a missing FID is an error rather than "unavailable"
     champion_metric: str = "auto"  # auto: fid when available, else fd_classifier, else the weight-free distance
     grid_size: int = 64
-    bootstrap: int = 200  # resamples behind every interval; 0 turns intervals off
+    bootstrap: int = 200  # resamples behind the interval of a figure scored on one set; 0 turns intervals off
     confidence: float = 0.95  # of the intervals
 
     _choices = {}

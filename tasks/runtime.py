@@ -18,6 +18,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """Autocast to bfloat16 on CUDA, and on CPUs with native bfloat16 matrix units (AVX512-BF16, AMX): there it
+    trains small MLPs ~1.5x faster; elsewhere on CPU it would be emulated, slower than float32, so it stays off."""
+    if device.type == "cpu":
+        try:
+            enabled = enabled and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            enabled = False
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch; return a torch generator for the stage's own draws."""
     random.seed(seed)

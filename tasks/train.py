@@ -1,10 +1,10 @@
 """Latent diffusion training for one model: a noise distribution under a data transform (a ``Variant``).
 
-AdamW with linear warmup, EMA weights, gradient clipping; on CUDA bf16 autocast, channels_last and optional
-``torch.compile``. The whole latent set sits on the device and batches are drawn by index, so no data loader
-stalls the GPU. Seeded and deterministic on CPU; atomic periodic checkpoints and resume after a kill; a per-step
-callback receives metrics. Runs unchanged under DDP (one process per GPU, e.g. from Ray Train): gradients are
-averaged, rank 0 writes the files.
+AdamW with linear warmup, EMA weights, gradient clipping; bf16 autocast on CUDA and on CPUs with bf16 units; on
+CUDA channels_last and optional ``torch.compile``. The whole latent set sits on the device and batches are drawn
+by index, so no data loader stalls the GPU. Seeded and deterministic on CPU; atomic periodic checkpoints and
+resume after a kill; a per-step callback receives metrics. Runs unchanged under DDP (one process per GPU, e.g. from
+Ray Train): gradients are averaged, rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .data import load_manifest
 from .io import (Resumable, atomic_write_text, check_replaceable, fingerprint, sha256_file, stage_output,
                  without_run_length, write_json)
 from .paths import MODEL_FILE, checkpoint_file, data_dir, latents_dir, metrics_file, train_dir
-from .runtime import StepCallback, resolve_device, seed_everything
+from .runtime import StepCallback, bf16_autocast, resolve_device, seed_everything
 from .sample import build_network, network_spec, save_model, schedule_from
 from .visuals import plot_training_curves
 
@@ -115,7 +115,9 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
         model = model.to(memory_format=torch.channels_last)
         data = data.contiguous(memory_format=torch.channels_last)
     ema = EMA(model, tc.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=cuda or None)
+    # fused: one kernel over all parameters, on CPU too (3x faster there than the per-tensor loop, for the demo's MLP)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                            fused=device.type in ("cuda", "cpu") or None)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, tc))
 
     checkpoint = Resumable(checkpoint_file(cfg, variant.name), training_fingerprint(cfg, variant), variant.name,
@@ -136,7 +138,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     if tc.compile and cuda:  # on CPU, inductor's C++ compile costs minutes and small models gain nothing
         train_model = torch.compile(train_model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.bf16)
+    autocast = bf16_autocast(device, tc.bf16)
 
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
