@@ -24,12 +24,14 @@ class MLPDenoiser(nn.Module):
     """Predicts the noise epsilon of x_t at timesteps t: forward(x [B, ...], t [B]) -> like x, on x flattened to
     ``dim`` features: vectors, or small latents where a few wide layers learn faster than a U-Net's many small ones.
 
-    The timestep is embedded in ``time_dim`` numbers: at ``time_dim = hidden`` the time path (embedding and one
-    projection per block) costs as much as the blocks' own layers, for one scalar input."""
+    The timestep is embedded in ``time_dim`` numbers (None: ``hidden``, as models saved before the option): at
+    ``hidden`` the time path (embedding and one projection per block) costs as much as the blocks' own layers, for
+    one scalar input."""
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, siren: bool = False,
-                 dropout: float = 0.0, time_dim: int = 64) -> None:
+                 dropout: float = 0.0, time_dim: int | None = None) -> None:
         super().__init__()
+        time_dim = time_dim or hidden
         self.time_embed = TimeEmbedding(time_dim, siren)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, time_dim, siren, dropout) for _ in range(layers))

@@ -130,6 +130,26 @@ def test_mlp_output_shape(siren):
     assert out.shape == (5, 7) and out.abs().sum() > 0
 
 
+def test_mlp_time_embedding_width_is_its_own():
+    narrow, wide = MLPDenoiser(7, hidden=32, layers=2, time_dim=8), MLPDenoiser(7, hidden=32, layers=2, time_dim=32)
+    assert narrow.time_embed.dim == 8 and narrow.blocks[0].time_proj[-1].in_features == 8
+    assert count_parameters(narrow) < count_parameters(wide)
+    assert MLPDenoiser(7, hidden=32, layers=2).time_embed.dim == 32  # as saved before time_dim existed: loadable
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_on_cpu_only_where_the_cpu_has_bf16_units(native, monkeypatch):
+    from tasks.runtime import bf16_autocast
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    model = MLPDenoiser(7, hidden=32, layers=2)
+    with bf16_autocast(torch.device("cpu")):
+        dtype = model.inp(torch.randn(2, 7)).dtype
+    assert dtype == (torch.bfloat16 if native else torch.float32)
+    with bf16_autocast(torch.device("cpu"), enabled=False):
+        assert model.inp(torch.randn(2, 7)).dtype == torch.float32
+
+
 def test_timestep_embedding_distinguishes_steps_and_accepts_int_or_float():
     t = torch.tensor([0, 1, 500, 999])
     emb = sinusoidal_embedding(t, 33)
