@@ -40,15 +40,15 @@ from tasks.train import train_diffusion  # noqa: E402
 # name -> overrides of the demo preset; the first is the demo as it ships
 SETTINGS = {
     "demo": [],
-    "steps/2": ["train.steps=3250"],
-    "steps x2": ["train.steps=13000"],
+    "steps/2": ["train.steps=3000"],
+    "steps x2": ["train.steps=12000"],
     "ddim 50": ["sample.sampler=ddim", "sample.steps=50"],
     "ancestral 250": ["sample.sampler=ddpm", "sample.steps=250"],
     "min-snr 2": ["train.min_snr_gamma=2"],
     "min-snr 5": ["train.min_snr_gamma=5"],
     "ema 0.998": ["train.ema_decay=0.998"],
     "lr 3e-3": ["train.lr=0.003"],
-    "batch 512": ["train.batch_size=512", "train.steps=3250"],
+    "batch 512": ["train.batch_size=512", "train.steps=3000"],
     "float32": ["train.bf16=false"],
     "time_dim 256": ["network.time_dim=256", "train.steps=3000"],
     "previous demo": ["network.time_dim=256", "train.bf16=false", "train.steps=3000", "sample.sampler=ddim",
