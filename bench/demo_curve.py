@@ -53,6 +53,8 @@ SETTINGS = {
     "time_dim 256": ["network.time_dim=256", "train.steps=3000"],
     "previous demo": ["network.time_dim=256", "train.bf16=false", "train.steps=3000", "sample.sampler=ddim",
                       "sample.steps=50"],
+    "5 blocks": ["network.layers=5"],
+    "hidden 512": ["network.hidden=512"],
     "ae no kl": ["autoencoder.kl_weight=0"],
 }
 UPSTREAM = ("data", "autoencoder", "classifier", "eval", "seed")  # sections the baselines depend on
