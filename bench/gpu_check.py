@@ -34,6 +34,7 @@ from tasks.encode import encode_latents  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
 from tasks.paths import train_dir  # noqa: E402
+from tasks.runtime import bf16_enabled, resolve_device  # noqa: E402
 from tasks.sample import load_trained  # noqa: E402
 from tasks.train import train_diffusion  # noqa: E402
 
@@ -101,10 +102,11 @@ def measure(args: argparse.Namespace, workdir: str) -> list[tuple[str, str, str]
 
     clock = WindowClock(cfg.train.batch_size, cfg.train.log_every)
     trained = train_diffusion(cfg, variant, callback=clock, progress=not args.smoke)
+    bf16 = bf16_enabled(resolve_device(cfg.train.device), cfg.train.bf16)
     rows.append(("diffusion training", f"{clock.median_rate():,.0f} images/s",
                  f"{trained['parameters'] / 1e6:.2f} M params on {tuple(latents['latent_shape'])} latents, batch "
                  f"{cfg.train.batch_size}, {cfg.train.steps} steps in {trained['seconds']:.0f} s, "
-                 f"compile={cfg.train.compile and gpu}, bf16={cfg.train.bf16 and gpu}"))
+                 f"compile={cfg.train.compile and gpu}, bf16={bf16}"))
 
     record = evaluate(cfg, variant)
     metric = record["champion_metric"]

@@ -18,15 +18,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
-    """Autocast to bfloat16 on CUDA, and on CPUs with native bfloat16 matrix units (AVX512-BF16, AMX): there it
-    trains small MLPs ~1.5x faster; elsewhere on CPU it would be emulated, slower than float32, so it stays off."""
-    if device.type == "cpu":
-        try:
-            enabled = enabled and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):  # a build without oneDNN
-            enabled = False
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def bf16_enabled(device: torch.device, wanted: bool = True) -> bool:
+    """Whether training autocasts to bfloat16: on CUDA when wanted, and on CPUs with native bfloat16 matrix units
+    (AVX512-BF16, AMX), where it trains small MLPs ~1.5x faster; elsewhere on CPU it would be emulated, slower
+    than float32, so it stays off."""
+    if device.type != "cpu":
+        return wanted
+    try:
+        return wanted and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def bf16_autocast(device: torch.device, wanted: bool = True) -> torch.autocast:
+    """The bfloat16 autocast context of ``bf16_enabled``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device, wanted))
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -146,7 +146,7 @@ def test_bf16_autocast_on_cpu_only_where_the_cpu_has_bf16_units(native, monkeypa
     with bf16_autocast(torch.device("cpu")):
         dtype = model.inp(torch.randn(2, 7)).dtype
     assert dtype == (torch.bfloat16 if native else torch.float32)
-    with bf16_autocast(torch.device("cpu"), enabled=False):
+    with bf16_autocast(torch.device("cpu"), wanted=False):
         assert model.inp(torch.randn(2, 7)).dtype == torch.float32
 
 
