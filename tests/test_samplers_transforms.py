@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from logdiff_core import noise, samplers, transforms
+from logdiff_core import noise, samplers, schedules, transforms
 from logdiff_core.schedules import Schedule
 
 SCHEDULE = Schedule.from_config("linear", 1000)
@@ -17,10 +17,10 @@ def point_mass_denoiser(c):
     return eps
 
 
-def gaussian_denoiser(mean, std):
+def gaussian_denoiser(mean, std, schedule=SCHEDULE):
     """The exact epsilon-predictor E[eps | x_t] for N(mean, std^2) data and Gaussian noise."""
     def eps(x, t):
-        abar = SCHEDULE.alpha_bars64[t].to(x.dtype)[:, None]
+        abar = schedule.alpha_bars64[t].to(x.dtype)[:, None]
         return (1 - abar).sqrt() * (x - abar.sqrt() * mean) / (abar * std**2 + 1 - abar)
     return eps
 
@@ -50,6 +50,20 @@ def test_gaussian_data_distribution_is_recovered(sampler, steps, options):
     x = result.samples.double()
     assert x.mean().item() == pytest.approx(mean, abs=0.02)
     assert x.std().item() == pytest.approx(std, rel=0.03)  # discretisation error at these step counts: < 2.5%
+
+
+@pytest.mark.parametrize("kind", schedules.KINDS)
+def test_the_second_order_sampler_is_stable_on_every_schedule(kind):
+    """Heun at 25 steps against a fine DDIM from the same x_T. A cosine schedule's first step spans sigma 2e4 -> 15:
+    a trapezoid over eps there turned a spread of 0.5 into 0.86 (and 45 at 6 steps)."""
+    schedule = Schedule.from_config(kind, 1000)
+    denoiser = gaussian_denoiser(2.0, 0.5, schedule)
+    x_T = noise.get("gaussian").sample((20_000, 1), generator=torch.Generator().manual_seed(0))
+    heun, fine = (samplers.sample(denoiser, schedule, noise.get("gaussian"), (20_000, 1), sampler=sampler,
+                                  steps=steps, x_T=x_T).samples.double() for sampler, steps in (("heun", 25),
+                                                                                                ("ddim", 500)))
+    assert heun.mean().item() == pytest.approx(fine.mean().item(), abs=0.01)
+    assert heun.std().item() == pytest.approx(fine.std().item(), rel=0.05)
 
 
 def test_wrong_denoiser_is_detected():
