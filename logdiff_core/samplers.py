@@ -70,16 +70,29 @@ def ddim_step(ctx: StepContext, x, t, s):
 
 
 def heun_step(ctx: StepContext, x, t, s):
-    """A second-order step on the probability-flow ODE written for the clean-data estimate ``x0_hat`` (the denoising
-    trajectory): with ``y = x / sqrt(1 - abar)`` and ``nu = sqrt(abar / (1 - abar))``, ``dy/dnu = x0_hat`` for any
-    noise distribution. Heun's predictor (DDIM's step, exact for a constant ``x0_hat``) gives ``x0_hat`` at the
-    step's end, and the corrector integrates ``x0_hat`` taken linear in ``log nu`` between the two, exactly (an
-    exponential integrator, as DPM-Solver). A trapezoid in ``sigma = 1 / nu`` or in ``nu`` instead fails where a
-    step spans decades of them: a cosine schedule's first step of 25 goes from sigma 2e4 to 15, the last steps
-    of any schedule from nu 12 to 155. The last step (``nu`` infinite) returns ``x0_hat``."""
+    """Heun's method on the probability-flow ODE, integrating on each step the quantity that is nearly constant
+    there (the first-order step is DDIM's either way; the last step, to sigma = 0, returns ``x0_hat``):
+
+    - noise-dominated (``abar_t < 1/2``): the clean-data estimate ``x0_hat``, which tends to the data mean, while
+      ``eps`` has a part in ``1 / sigma``. With ``y = x / sqrt(1 - abar)``, ``nu = sqrt(abar / (1 - abar))``,
+      ``dy/dnu = x0_hat`` for any noise distribution; the corrector takes ``x0_hat`` linear in ``log nu`` (an
+      exponential integrator), exact across the decades of sigma of a cosine schedule's first step (2e4 -> 15 at
+      25 steps), where a trapezoid over ``eps`` returned garbage.
+    - data-dominated: ``eps`` in EDM's variables ``x~ = x / sqrt(abar)``, ``sigma = 1 / nu``, ``dx~/dsigma = eps``
+      (the trapezoid rule), where ``x0_hat`` still moves along decades of ``nu``.
+    """
     abar_t, abar_s = ctx.abar_at(t), ctx.abar_at(s)
+    if abar_t >= 0.5:
+        sigma_t, sigma_s = math.sqrt((1 - abar_t) / abar_t), math.sqrt((1 - abar_s) / abar_s)
+        x_scaled = x / math.sqrt(abar_t)
+        slope = ctx.eps_fn(x, t)
+        x_next = x_scaled + (sigma_s - sigma_t) * slope
+        if s >= 0:
+            slope_next = ctx.eps_fn(x_next * math.sqrt(abar_s), s)
+            x_next = x_scaled + (sigma_s - sigma_t) * 0.5 * (slope + slope_next)
+        return x_next * math.sqrt(abar_s), x_scaled - sigma_t * slope
     x0 = _x0_hat(x, ctx.eps_fn(x, t), abar_t)
-    if s < 0:
+    if s < 0:  # one step from pure noise
         return x0, x0
     nu_t, nu_s = math.sqrt(abar_t / (1 - abar_t)), math.sqrt(abar_s / (1 - abar_s))
     y = x / math.sqrt(1 - abar_t)

@@ -26,12 +26,13 @@ def gaussian_denoiser(mean, std, schedule=SCHEDULE):
 
 
 @pytest.mark.parametrize("sampler,options", [
-    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0}), ("heun", {}), ("ddim", {"langevin_steps": 2}),
+    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0}), ("heun", {}), ("heun", {"steps": 1}),
+    ("ddim", {"langevin_steps": 2}),
 ])
 @pytest.mark.parametrize("dist", ["gaussian", "laplace", "exponential", "student_t"])
 def test_point_mass_is_recovered(sampler, options, dist):
     result = samplers.sample(point_mass_denoiser(1.5), SCHEDULE, noise.get(dist), (512, 2), sampler=sampler,
-                             steps=20, generator=torch.Generator().manual_seed(0), **options)
+                             generator=torch.Generator().manual_seed(0), **{"steps": 20, **options})
     assert torch.allclose(result.samples, torch.full((512, 2), 1.5), atol=1e-3)
 
 
