@@ -1,7 +1,7 @@
 """Encoding: data -> the diffusion space (autoencoder latents, or transformed data) at unit scale.
 
-Image latents are centred per channel and scaled by one 1/std factor (latent diffusion's scale factor); array
-data is standardised per feature after its transform (identity or LogDiff's log). One folder per transform,
+Every number is standardised on its own: each latent channel at each position, each array feature after its
+transform (identity or LogDiff's log). One folder per transform,
 ``latents/<transform>/``, holding ``train.npy``, ``val.npy``, ``codec.safetensors`` and ``manifest.json``.
 """
 from __future__ import annotations
@@ -34,14 +34,12 @@ def encode_latents(cfg: Config, transform_name: str) -> dict:
     device = resolve_device(cfg.train.device)
     codec = Codec(train.kind, transform, autoencoder, torch.zeros(()), torch.ones(()), ())
     raw = codec.to_model_input(train.values, device=device).float()
-    if train.kind == "image":
-        # centred per channel, then one global factor as latent diffusion's scale_factor: the preconditioner's
-        # c_skip is the best linear noise estimate only for zero-mean data
-        codec.shift = raw.mean(dim=(0, *range(2, raw.dim())), keepdim=True)[0]
-        codec.scale = 1 / (raw - codec.shift).std()
-    else:
-        std = raw.std(0)
-        codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
+    # every number standardised on its own (latents: every channel at every position): the preconditioner's c_skip
+    # is the best linear noise estimate for zero-mean data of the variance it assumes, and a digit's latent corners
+    # differ from its centre (means up to 1.5, spreads 0.4-1.3). Against per-channel centring and one scale factor
+    # (latent diffusion's), the demo's exponential model gained 0.17 fd_classifier (mean of three seeds)
+    std = raw.std(0)
+    codec.shift, codec.scale = raw.mean(0), 1 / torch.where(std > 0, std, torch.ones_like(std))
     codec.latent_shape = tuple(raw.shape[1:])
     latents = {"train": (raw - codec.shift) * codec.scale, "val": codec.encode(val.values, device=device)}
     manifest = {"kind": train.kind, "latent_shape": list(codec.latent_shape),
