@@ -1,8 +1,8 @@
 """Encoding: data -> the diffusion space (autoencoder latents, or transformed data) at unit scale.
 
 Every number is standardised on its own: each latent channel at each position, each array feature after its
-transform (identity or LogDiff's log). One folder per transform,
-``latents/<transform>/``, holding ``train.npy``, ``val.npy``, ``codec.safetensors`` and ``manifest.json``.
+transform (identity or LogDiff's log). One folder per transform, ``latents/<transform>/``, holding ``train.npy``,
+``val.npy``, ``codec.safetensors`` and ``manifest.json``.
 """
 from __future__ import annotations
 
