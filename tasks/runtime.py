@@ -22,8 +22,10 @@ def bf16_enabled(device: torch.device, wanted: bool = True) -> bool:
     """Whether training autocasts to bfloat16: on CUDA when wanted, and on CPUs with native bfloat16 matrix units
     (AVX512-BF16, AMX), where it trains small MLPs ~1.5x faster; elsewhere on CPU it would be emulated, slower
     than float32, so it stays off."""
-    if device.type != "cpu":
+    if device.type == "cuda":
         return wanted
+    if device.type != "cpu":  # other accelerators (mps, ...) train in float32, as before CPU bf16
+        return False
     try:
         return wanted and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):  # a build without oneDNN
