@@ -27,7 +27,7 @@ from tasks.config import Config, Variant
 from tasks.data import load_manifest
 from tasks.io import read_json, write_json
 from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, state_dir, train_dir
-from tasks.scoring import BASELINES
+from tasks.scoring import BASELINES, format_ceiling_ratio
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -87,7 +87,8 @@ def evaluation(cfg: Config, variant: Variant) -> dict:
     metric = record["champion_metric"]
     return {"metric": metric, "score": record[metric], "low": record.get(f"{metric}_low"),
             "high": record.get(f"{metric}_high"), "beats_trivial": record.get("beats_trivial"),
-            "ceiling_ratio": record.get("ceiling_ratio"), "label": variant.label, "seed": variant.seed}
+            "label": variant.label, "seed": variant.seed,
+            **{key: record.get(key) for key in ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")}}
 
 
 def mlflow_uri() -> str:
@@ -301,18 +302,17 @@ def print_summary(summary: dict) -> None:
             for name in BASELINES:
                 if baselines.get(name):
                     print(f"  {name + ' (' + transform + ')':<26}{_interval(baselines[name], metric)}")
-    print(f"{'model':<22}{'seed':>4}  {'score [interval]':<26}{'vs trivial':<12}{'x ceiling':>9}  {'version':>7}  "
-          "champion")
+    print(f"{'model':<22}{'seed':>4}  {'score [interval]':<26}{'vs trivial':<12}{'x ceiling [interval]':<22}"
+          f"{'version':>7}  champion")
     for name, info in summary["models"].items():
         if "error" in info:
             print(f"{name:<26}  {info['error']}")
             continue
         versus = {True: "better", False: "NOT better", None: "n/a"}[info["beats_trivial"]]
-        ratio = "n/a" if info["ceiling_ratio"] is None else f"{info['ceiling_ratio']:.2f}"
         marker = "yes" if info["champion"] else f"no (v{info['champion_version']} is)"
         interval = _interval({"v": info["score"], "v_low": info["low"], "v_high": info["high"]}, "v")
-        print(f"{info['label']:<22}{info['seed']:>4}  {interval:<26}{versus:<12}{ratio:>9}  {info['version']:>7}  "
-              f"{marker}")
+        print(f"{info['label']:<22}{info['seed']:>4}  {interval:<26}{versus:<12}{format_ceiling_ratio(info):<22}"
+              f"{info['version']:>7}  {marker}")
     for line in report.get("verdict", []):
         print(line.replace("**", ""))
     if summary.get("best"):

@@ -24,14 +24,20 @@ def read_against_baselines(scores: dict, baselines: dict, metric: str) -> dict:
     - ``beats_trivial``: the model's interval lies wholly below the trivial generator's (with no intervals, its
       value does); None without a trivial baseline.
     - ``ceiling_ratio``: (model - floor) / (ceiling - floor): 1 is as good as the autoencoder's reconstructions,
-      below 1 better, 2 twice as far from the floor; None without a ceiling above the floor.
+      below 1 better, 2 twice as far from the floor; None without a ceiling above the floor. With the model's
+      interval, ``ceiling_ratio_low`` and ``_high`` carry it over (the model's sampling noise only: the floor's and
+      the ceiling's own uncertainty is shared by every model).
     """
     value, high = scores[metric], scores.get(f"{metric}_high", scores[metric])
     trivial = baselines.get("trivial")
     beats = None if trivial is None else bool(high < trivial.get(f"{metric}_low", trivial[metric]))
     floor, ceiling = baselines["floor"][metric], (baselines.get("ceiling") or {}).get(metric)
-    ratio = (value - floor) / (ceiling - floor) if ceiling is not None and ceiling > floor else None
-    return {"beats_trivial": beats, "ceiling_ratio": ratio}
+    reading = {"beats_trivial": beats, "ceiling_ratio": None}
+    if ceiling is not None and ceiling > floor:
+        for key, score in (("", value), ("_low", scores.get(f"{metric}_low")), ("_high", scores.get(f"{metric}_high"))):
+            if score is not None:
+                reading[f"ceiling_ratio{key}"] = (score - floor) / (ceiling - floor)
+    return reading
 
 
 def evaluate(cfg: Config, variant: Variant) -> dict:
@@ -82,8 +88,8 @@ def headline(record: dict, metrics: list[str]) -> dict:
     champion = record["champion_metric"]
     figures = {m: record[m] for m in metrics} | {f"{champion}_{end}": record[f"{champion}_{end}"]
                                                  for end in ("low", "high") if f"{champion}_{end}" in record}
-    if record["ceiling_ratio"] is not None:
-        figures["ceiling_ratio"] = record["ceiling_ratio"]
+    figures |= {key: record[key] for key in ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")
+                if record.get(key) is not None}
     if record["beats_trivial"] is not None:
         figures["beats_trivial"] = int(record["beats_trivial"])
     return figures

@@ -42,6 +42,14 @@ COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD
 BASELINES = ("floor", "ceiling", "trivial")  # what every model is read against (the baselines stage)
 
 
+def format_ceiling_ratio(reading: dict) -> str:
+    """``ceiling_ratio`` for tables: ``1.87 [1.57, 2.16]`` with the model's interval, ``n/a`` without a ceiling."""
+    ratio, low, high = (reading.get(f"ceiling_ratio{key}") for key in ("", "_low", "_high"))
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}" if low is None or high is None else f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def lower_is_better(metric: str) -> bool:
     return metric not in HIGHER_IS_BETTER
 

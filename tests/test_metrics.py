@@ -253,3 +253,19 @@ def test_a_figure_over_several_sets_is_their_mean_and_its_interval_covers_the_ex
     assert one["sets"] == 1 and one["fd_low"] < one["fd"] < one["fd_high"]
     assert (one["fd_high"] - one["fd_low"]) > 2 * (scores[0]["fd_high"] - scores[0]["fd_low"])
     assert "fd_low" not in fd_scorer(size, reference, bootstrap=0).score(shifted[0])  # intervals off
+
+
+def test_the_ceiling_ratio_carries_the_models_interval():
+    """x ceiling = (model - floor) / (ceiling - floor), and its interval is the model's mapped the same way."""
+    from tasks.evaluate import read_against_baselines
+    from tasks.scoring import format_ceiling_ratio
+
+    baselines = {"floor": {"fd": 1.0}, "ceiling": {"fd": 1.5}, "trivial": {"fd": 10.0, "fd_low": 9.0}}
+    reading = read_against_baselines({"fd": 2.0, "fd_low": 1.8, "fd_high": 2.2}, baselines, "fd")
+    assert reading["beats_trivial"] is True
+    assert [reading[f"ceiling_ratio{k}"] for k in ("", "_low", "_high")] == pytest.approx([2.0, 1.6, 2.4])
+    assert format_ceiling_ratio(reading) == "2.00 [1.60, 2.40]"
+    no_interval = read_against_baselines({"fd": 1.25}, baselines, "fd")
+    assert "ceiling_ratio_low" not in no_interval and format_ceiling_ratio(no_interval) == "0.50"
+    no_ceiling = read_against_baselines({"fd": 2.0, "fd_low": 1.8, "fd_high": 2.2}, {"floor": {"fd": 1.0}}, "fd")
+    assert no_ceiling["ceiling_ratio"] is None and format_ceiling_ratio(no_ceiling) == "n/a"
