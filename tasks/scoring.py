@@ -43,7 +43,7 @@ BASELINES = ("floor", "ceiling", "trivial")  # what every model is read against 
 
 
 def format_ceiling_ratio(reading: dict) -> str:
-    """``ceiling_ratio`` for tables: ``1.87 [1.57, 2.16]`` with the model's interval, ``n/a`` without a ceiling."""
+    """``ceiling_ratio`` for tables: ``1.87 [1.57, 2.17]`` with the model's interval, ``n/a`` without a ceiling."""
     ratio, low, high = (reading.get(f"ceiling_ratio{key}") for key in ("", "_low", "_high"))
     if ratio is None:
         return "n/a"
