@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from tqdm import tqdm
 
 from tasks.io import atomic_save_with
 
 WEIGHTS_ENV = "LOGDIFF_FID_WEIGHTS"
-WEIGHTS_FILENAME = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
+WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name in the hub cache (tested)
 DOWNLOAD_TIMEOUT_S = 10
 _EXTRACTOR_NAME = "inception-v3-compat"  # torch-fidelity's registry name for this network
 
@@ -50,6 +49,8 @@ def resolve_fid_weights(configured: str | None) -> Path:
             return path
     cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
     if not cached.is_file():
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
         try:
             download_weights(URL_INCEPTION_V3, cached)
         except Exception as err:  # any network or disk failure means the same thing to the caller
@@ -65,6 +66,8 @@ def write_random_inception_weights(dest: str | Path, seed: int = 0) -> Path:
 
     For tests and timing only (speed does not depend on weight values); FID from it is meaningless.
     """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
     class Unloaded(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, *args, **kwargs):  # keep the fresh initialisation
             return None
@@ -87,6 +90,8 @@ class InceptionFeatures:
     """2048-d pool features of the TF-ported InceptionV3, via torch-fidelity's extractor."""
 
     def __init__(self, weights_path: str | Path, device: str | torch.device = "cpu") -> None:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
         self.device = torch.device(device)
         self.network = FeatureExtractorInceptionV3(
             _EXTRACTOR_NAME, ["2048"], feature_extractor_weights_path=str(weights_path)).to(self.device)

@@ -11,13 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from .io import atomic_save_with  # noqa: E402
 
 
 def save_image_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, upscale: int | None = None) -> Path:
     """uint8 [N, C, H, W] -> one PNG grid; small images are upscaled (nearest) so they can be seen."""
+    from torchvision.utils import make_grid  # here, not at the top: torchvision costs training workers a CPU-second
+
     tensor = torch.as_tensor(images)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(tensor)))))
     grid = make_grid(tensor, nrow=nrow, padding=1, pad_value=255).permute(1, 2, 0).numpy()

@@ -8,6 +8,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_kid import kernel_poly, mmd2
 
 from logdiff_core.metrics import (array_metrics, feature_statistics, frechet_distance, kernel_inception_distance,
@@ -185,7 +186,7 @@ def test_weights_download_into_hub_cache_or_one_line_error(monkeypatch, tmp_path
     cached = tmp_path / "hub" / "checkpoints" / fid.WEIGHTS_FILENAME
 
     def offline(url, dest):
-        assert (url, dest) == (fid.URL_INCEPTION_V3, cached)
+        assert (url, dest) == (URL_INCEPTION_V3, cached) and url.endswith("/" + fid.WEIGHTS_FILENAME)
         raise OSError("[Errno -3] Temporary failure\nin name resolution")
 
     monkeypatch.setattr(fid, "download_weights", offline)
