@@ -57,3 +57,15 @@ def test_stage_table_matches_dvc_yaml():
         assert body["cmd"].startswith(f"logdiff stage {name}"), name
         for param in body.get("params", []):
             assert param.split(".")[0] in stage.params, (name, param)
+
+
+def test_a_training_worker_does_not_import_torchvision():
+    """Five Ray workers start on two cores: torchvision and torch-fidelity (grids and FID only) would cost each a
+    CPU-second and more before training begins."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flows.distributed, flows.stages, tasks.train, tasks.scoring; "
+            "print(sorted(m for m in ('torchvision', 'torch_fidelity') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
