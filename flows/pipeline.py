@@ -27,7 +27,7 @@ from tasks.config import Config, Variant
 from tasks.data import load_manifest
 from tasks.io import read_json, write_json
 from tasks.paths import MODEL_FILE, data_dir, eval_dir, report_dir, state_dir, train_dir
-from tasks.scoring import BASELINES, format_ceiling_ratio
+from tasks.scoring import BASELINES, CEILING_RATIO_KEYS, format_ceiling_ratio
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -88,7 +88,7 @@ def evaluation(cfg: Config, variant: Variant) -> dict:
     return {"metric": metric, "score": record[metric], "low": record.get(f"{metric}_low"),
             "high": record.get(f"{metric}_high"), "beats_trivial": record.get("beats_trivial"),
             "label": variant.label, "seed": variant.seed,
-            **{key: record.get(key) for key in ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")}}
+            **{key: record.get(key) for key in CEILING_RATIO_KEYS}}
 
 
 def mlflow_uri() -> str:

@@ -12,7 +12,7 @@ from .data import load_manifest, load_split
 from .io import atomic_save_with, check_replaceable, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, train_dir
 from .sample import load_trained
-from .scoring import BASELINES, build_scorer
+from .scoring import BASELINES, CEILING_RATIO_KEYS, build_scorer
 from .visuals import plot_histograms, plot_trajectories, save_image_grid
 
 TRAJECTORIES = 8  # samples whose trajectories are drawn
@@ -34,9 +34,9 @@ def read_against_baselines(scores: dict, baselines: dict, metric: str) -> dict:
     floor, ceiling = baselines["floor"][metric], (baselines.get("ceiling") or {}).get(metric)
     reading = {"beats_trivial": beats, "ceiling_ratio": None}
     if ceiling is not None and ceiling > floor:
-        for key, score in (("", value), ("_low", scores.get(f"{metric}_low")), ("_high", scores.get(f"{metric}_high"))):
-            if score is not None:
-                reading[f"ceiling_ratio{key}"] = (score - floor) / (ceiling - floor)
+        ends = (value, scores.get(f"{metric}_low"), scores.get(f"{metric}_high"))
+        reading |= {key: (score - floor) / (ceiling - floor) for key, score in zip(CEILING_RATIO_KEYS, ends)
+                    if score is not None}
     return reading
 
 
@@ -88,8 +88,7 @@ def headline(record: dict, metrics: list[str]) -> dict:
     champion = record["champion_metric"]
     figures = {m: record[m] for m in metrics} | {f"{champion}_{end}": record[f"{champion}_{end}"]
                                                  for end in ("low", "high") if f"{champion}_{end}" in record}
-    figures |= {key: record[key] for key in ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")
-                if record.get(key) is not None}
+    figures |= {key: record[key] for key in CEILING_RATIO_KEYS if record.get(key) is not None}
     if record["beats_trivial"] is not None:
         figures["beats_trivial"] = int(record["beats_trivial"])
     return figures

@@ -18,7 +18,7 @@ from .config import Config, Variant
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
-from .scoring import BASELINES, format_ceiling_ratio, lower_is_better
+from .scoring import BASELINES, CEILING_RATIO_KEYS, format_ceiling_ratio, lower_is_better
 from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_training_curves
 
 BASELINE_WORDS = {"floor": "floor (real vs real)", "ceiling": "ceiling (autoencoder reconstructions)",
@@ -260,8 +260,7 @@ def write_report(cfg: Config) -> dict:
                "groups": {g.label: {"mean": g.mean, "spread": g.spread, "seeds": len(g.scores)} for g in groups},
                "models": {v.name: {k: r.get(k) for k in ("distribution", "transform", "seed", metric,
                                                             f"{metric}_low", f"{metric}_high", "beats_trivial",
-                                                            "ceiling_ratio", "ceiling_ratio_low",
-                                                            "ceiling_ratio_high")} for v, r in rows.items()}}
+                                                            *CEILING_RATIO_KEYS)} for v, r in rows.items()}}
     with stage_output(report_dir(cfg), "report") as out:
         first_seed = {g.label: next(v for v in rows if v.label == g.label) for g in groups}
         pictures = [plot_ranking(groups, baselines, metric, out / "scores.png").name,

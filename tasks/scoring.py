@@ -42,9 +42,12 @@ COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD
 BASELINES = ("floor", "ceiling", "trivial")  # what every model is read against (the baselines stage)
 
 
+CEILING_RATIO_KEYS = ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")  # x ceiling and its interval
+
+
 def format_ceiling_ratio(reading: dict) -> str:
     """``ceiling_ratio`` for tables: ``1.87 [1.57, 2.17]`` with the model's interval, ``n/a`` without a ceiling."""
-    ratio, low, high = (reading.get(f"ceiling_ratio{key}") for key in ("", "_low", "_high"))
+    ratio, low, high = (reading.get(key) for key in CEILING_RATIO_KEYS)
     if ratio is None:
         return "n/a"
     return f"{ratio:.2f}" if low is None or high is None else f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
