@@ -95,12 +95,12 @@ def heun_step(ctx: StepContext, x, t, s):
     if s < 0:  # one step from pure noise
         return x0, x0
     nu_t, nu_s = math.sqrt(abar_t / (1 - abar_t)), math.sqrt(abar_s / (1 - abar_s))
-    y = x / math.sqrt(1 - abar_t)
-    x_predicted = (y + (nu_s - nu_t) * x0) * math.sqrt(1 - abar_s)
+    y_euler = x / math.sqrt(1 - abar_t) + (nu_s - nu_t) * x0  # DDIM's step, in y
+    x_predicted = y_euler * math.sqrt(1 - abar_s)
     x0_next = _x0_hat(x_predicted, ctx.eps_fn(x_predicted, s), abar_s)
     # int_{nu_t}^{nu_s} x0_hat dnu with x0_hat linear in log nu: (nu_s - nu_t) x0 + w (x0_next - x0)
     w = nu_s - (nu_s - nu_t) / math.log(nu_s / nu_t)
-    return (y + (nu_s - nu_t) * x0 + w * (x0_next - x0)) * math.sqrt(1 - abar_s), x0
+    return (y_euler + w * (x0_next - x0)) * math.sqrt(1 - abar_s), x0
 
 
 _STEPS: dict[str, Callable] = {"ddpm": ddpm_step, "ddim": ddim_step, "heun": heun_step}
