@@ -88,6 +88,44 @@ def test_trajectories_and_evaluation_counts():
         assert first_x0_gap < first_x_gap
 
 
+def test_restarts_wash_out_the_first_pass_errors():
+    """A first pass from the wrong x_T (three times too wide) ends three times too wide; restarts from t = 600 noise
+    the samples afresh and sample back with the exact denoiser, and the spread comes back right."""
+    mean, std, shape = 2.0, 0.5, (20_000, 1)
+    x_T = 3 * noise.get("gaussian").sample(shape, generator=torch.Generator().manual_seed(0))
+    run = lambda restarts: samplers.sample(gaussian_denoiser(mean, std), SCHEDULE, noise.get("gaussian"), shape,
+                                           sampler="heun", steps=25, x_T=x_T, restarts=restarts, restart_t=600,
+                                           restart_steps=15, generator=torch.Generator().manual_seed(1)).samples
+    assert run(0).std().item() > 2 * std
+    restarted = run(3).double()
+    assert restarted.mean().item() == pytest.approx(mean, abs=0.02)
+    assert restarted.std().item() == pytest.approx(std, rel=0.03)
+
+
+def test_restarts_are_counted_and_traced():
+    result = samplers.sample(gaussian_denoiser(2.0, 0.5), SCHEDULE, noise.get("exponential"), (64, 3),
+                             sampler="heun", steps=10, restarts=2, restart_t=200, restart_steps=4,
+                             return_trajectories=True, generator=torch.Generator().manual_seed(0))
+    assert result.evaluations == 19 + 2 * 7
+    assert result.timesteps == [*samplers.timestep_grid(1000, 10), *[200, 133, 67, 0] * 2]
+    assert len(result.denoised) == len(result.timesteps) and len(result.trajectory) == len(result.timesteps) + 1
+    assert torch.equal(result.trajectory[-1], result.samples)
+    # a restart starts from the first pass's samples (its last x0_hat) noised afresh to t = 200 in closed form, with
+    # the model's own noise: centred exponential draws, which never go below -1
+    abar = SCHEDULE.alpha_bars64[200].item()
+    drawn = (result.trajectory[10] - math.sqrt(abar) * result.denoised[9]) / math.sqrt(1 - abar)
+    assert drawn.min().item() > -1 - 1e-4 and abs(drawn.mean().item()) < 0.3 and drawn.std().item() > 0.7
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"restarts": -1}, "restarts must be >= 0"), ({"restarts": 1, "restart_t": 1000}, r"restart_t must be in 0..999"),
+    ({"restarts": 1, "restart_t": 9, "restart_steps": 11}, r"restart_steps must be in 1..10"),
+])
+def test_restart_settings_are_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        samplers.sample(gaussian_denoiser(0, 1), SCHEDULE, noise.get("gaussian"), (2, 1), steps=5, **options)
+
+
 def test_samplers_never_call_torch_randn(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a sampler called torch.randn directly")
@@ -95,7 +133,7 @@ def test_samplers_never_call_torch_randn(monkeypatch):
     monkeypatch.setattr(torch, "randn", forbidden)
     for sampler in samplers.names():
         samplers.sample(point_mass_denoiser(0.0), SCHEDULE, noise.get("uniform"), (8, 2), sampler=sampler, steps=5,
-                        eta=1.0, langevin_steps=1)
+                        eta=1.0, langevin_steps=1, restarts=1)
 
 
 def test_sampling_is_seeded_and_validated():
