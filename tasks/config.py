@@ -176,11 +176,14 @@ class SampleConfig:
     eta: float = 0.0  # ddim only
     langevin_steps: int = 0  # Langevin corrector steps after each predictor step
     langevin_snr: float = 0.16
+    restarts: int = 0  # then noise the samples to restart_t and sample back, this many times
+    restart_t: int = 200
+    restart_steps: int = 10
     batch_size: int = 256
 
     _choices = {"sampler": _registry("logdiff_core.samplers", "names")}
     _ranges = {"steps": COUNT, "eta": Range(0, 1), "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
-               "batch_size": COUNT}
+               "restarts": NON_NEGATIVE, "restart_t": NON_NEGATIVE, "restart_steps": COUNT, "batch_size": COUNT}
 
 
 @dataclass
@@ -403,6 +406,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"diffusion: {err}") from None
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
+    if cfg.sample.restart_t >= cfg.diffusion.timesteps:
+        raise ConfigError(f"sample.restart_t: {cfg.sample.restart_t} is not a timestep of the schedule; use 0.."
+                          f"{cfg.diffusion.timesteps - 1} (diffusion.timesteps - 1)")
+    if cfg.sample.restart_steps > cfg.sample.restart_t + 1:
+        raise ConfigError(f"sample.restart_steps: {cfg.sample.restart_steps} exceeds the {cfg.sample.restart_t + 1} "
+                          "timesteps from sample.restart_t down to 0")
     if len(set(cfg.train.seeds)) != len(cfg.train.seeds):
         raise ConfigError(f"train.seeds: name each seed once, got {cfg.train.seeds}")
     for name in cfg.diffusion.transforms:

@@ -5,6 +5,8 @@ distance? Grids, trajectory plots and samples beside.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .config import Config, Variant, write_yaml
@@ -46,8 +48,7 @@ def evaluate(cfg: Config, variant: Variant) -> dict:
     variant = cfg.variant(variant.distribution, variant.transform, variant.seed)
     check_replaceable(eval_dir(cfg, variant))
     model = load_trained(train_dir(cfg, variant))
-    options = {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "eta", "langevin_steps", "langevin_snr",
-                                                    "batch_size")}
+    options = dataclasses.asdict(cfg.sample)
     generated = model.sample(cfg.eval.num_samples, seed=variant.seed, device=cfg.train.device,
                              trajectories=TRAJECTORIES, **options)
     scorer = build_scorer(cfg)

@@ -194,6 +194,15 @@ def _groups(rows: dict[Variant, dict], metric: str) -> list[Group]:
     return list(by_label.values())
 
 
+def _sampling(record: dict) -> str:
+    """How an evaluation record's samples were drawn, in words."""
+    words = f"{record['sampler']} ({record['steps']} steps"
+    if record.get("restarts"):
+        words += (f", then {record['restarts']} restart(s): noised to t = {record['restart_t']} and sampled back "
+                  f"in {record['restart_steps']} steps")
+    return words + ")"
+
+
 def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], groups: list[Group],
               baselines: dict[str, dict], metric: str, lines: list[str], pictures: list[str]) -> str:
     first = next(iter(rows.values()))
@@ -202,7 +211,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
     seeds = sorted({v.seed for v in rows})
     out = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
            f"{len(groups)} noise distribution x transform pairs, {len(seeds)} seed(s) each ({len(rows)} models), "
-           f"each sampled {first['num_samples']} times with {first['sampler']} ({first['steps']} steps).", "",
+           f"each sampled {first['num_samples']} times with {_sampling(first)}.", "",
            f"Ranked by **{basis}**.", "",
            f"Every figure, baselines included, is computed at {first['metric_sample_size']} samples against the "
            f"same reference ({first['reference']}), with {first['confidence']:.0%} intervals: "

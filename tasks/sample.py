@@ -3,7 +3,7 @@ as JSON in the file's header, nothing pickled. Load it and sample."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from logdiff_core.networks import SHARED_CONFIG_KEYS, build_denoiser
 from logdiff_core.schedules import Schedule
 
 from .codec import Codec
+from .config import SampleConfig
 from .io import load_safetensors, save_safetensors, under_prefix, with_prefix
 from .paths import MODEL_FILE
 from .runtime import resolve_device
@@ -58,17 +59,19 @@ class TrainedModel:
 
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               langevin_steps: int | None = None, langevin_snr: float | None = None, batch_size: int | None = None,
+               langevin_steps: int | None = None, langevin_snr: float | None = None, restarts: int | None = None,
+               restart_t: int | None = None, restart_steps: int | None = None, batch_size: int | None = None,
                seed: int = 0, device: str = "auto", progress: bool = True, trajectories: int = 0) -> Generated:
         """``n`` samples, and the sampling and denoising trajectories of the first ``trajectories`` of them.
 
-        Unset options fall back to the ``sample`` section of the config the model was trained with.
+        Unset options fall back to the ``sample`` section of the config the model was trained with (for keys
+        that config predates, to today's defaults).
         """
-        defaults = self.config["sample"]
-        opts = {"sampler": sampler or defaults["sampler"], "steps": steps or defaults["steps"],
-                "eta": defaults["eta"] if eta is None else eta,
-                "langevin_steps": defaults["langevin_steps"] if langevin_steps is None else langevin_steps,
-                "langevin_snr": langevin_snr or defaults["langevin_snr"]}
+        defaults = {**asdict(SampleConfig()), **self.config["sample"]}
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "langevin_steps": langevin_steps,
+                 "langevin_snr": langevin_snr, "restarts": restarts, "restart_t": restart_t,
+                 "restart_steps": restart_steps}
+        opts = {key: defaults[key] if value is None else value for key, value in given.items()}
         batch_size = batch_size or defaults["batch_size"]
         dev = resolve_device(device)
         self.denoiser.to(dev).eval()

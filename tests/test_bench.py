@@ -33,6 +33,7 @@ def test_gpu_check_runs_shrunken_on_cpu_and_prints_one_table(tmp_path, capsys):
     assert float(measured["autoencoder"].split()[0].replace(",", "")) > 0
     assert float(measured["diffusion training"].split()[0].replace(",", "")) > 0
     assert "held-out accuracy" in measured["judge classifier"]
-    assert measured["gaussian after 20 steps"].startswith("fd_classifier ")
+    assert measured["gaussian after 20 steps, 0 restarts"].startswith("fd_classifier ")
+    assert measured["gaussian after 20 steps, 2 restarts"].startswith("fd_classifier ")
     assert "sample + decode 64" in measured
     assert table.count("\n| ") == len(rows) + 2  # header, rule, one line per row

@@ -14,7 +14,7 @@ TINY = [
     "data.limit=200", "autoencoder.steps=10", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
     "network.base_channels=8", "network.num_heads=2", "train.steps=10", "train.batch_size=32", "train.log_every=5",
     "train.eval_every=5", "sample.steps=5", "eval.num_samples=32", "eval.fid=false", "eval.bootstrap=10",
-    "classifier.steps=30", "classifier.base_channels=8",
+    "sample.restart_steps=2", "classifier.steps=30", "classifier.base_channels=8",
     "diffusion.distributions={gaussian: {}, student_t: {nu: 5}}",
 ]
 

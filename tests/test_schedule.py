@@ -23,7 +23,7 @@ DEPLOYMENT = "schedule-test"
 TINY = ["data.limit=200", "autoencoder.steps=10", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
         "network.base_channels=8", "network.num_heads=2", "train.steps=10", "train.batch_size=32",
         "train.log_every=5", "train.eval_every=0", "sample.steps=5", "eval.num_samples=32", "eval.fid=false",
-        "eval.bootstrap=10", "classifier.steps=30", "classifier.base_channels=8",
+        "sample.restart_steps=2", "eval.bootstrap=10", "classifier.steps=30", "classifier.base_channels=8",
         "diffusion.distributions={gaussian: {}}"]
 STARTUP_TIMEOUT_S = 150  # imports (~13 s), server start on a fresh database (13-26 s), deployment creation
 RUN_TIMEOUT_S = 240  # up to 15 s until the cron fires, then the pipeline run itself

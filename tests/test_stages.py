@@ -29,7 +29,7 @@ TINY = [
     "autoencoder.checkpoint_every=10", "network.base_channels=8", "network.num_heads=2", "train.steps=30",
     "train.batch_size=32", "train.log_every=10", "train.checkpoint_every=10", "train.eval_every=0",
     "train.warmup_steps=5", "sample.steps=8", "eval.num_samples=48", "eval.fid=false", "eval.grid_size=16",
-    "eval.bootstrap=20", "classifier.steps=60", "classifier.base_channels=8",
+    "sample.restart_steps=2", "eval.bootstrap=20", "classifier.steps=60", "classifier.base_channels=8",
 ]
 
 
@@ -151,12 +151,13 @@ def test_train_then_evaluate_writes_metrics_and_pictures(encoded):
 
 
 def test_evaluation_samples_with_the_current_settings(encoded):
-    """A changed sample.steps (which reruns only evaluate under DVC) is what the evaluation uses and records."""
+    """Changed sample settings (which rerun only evaluate under DVC) are what the evaluation uses and records."""
     cfg, *_ = encoded
     train_diffusion(cfg, IDENTITY["laplace"], progress=False)
     first = evaluate(cfg, IDENTITY["laplace"])
-    fewer = evaluate(tiny_config(cfg.workdir, "sample.steps=2"), IDENTITY["laplace"])
-    assert (first["steps"], fewer["steps"]) == (8, 2) and fewer["fd_classifier"] != first["fd_classifier"]
+    fewer = evaluate(tiny_config(cfg.workdir, "sample.steps=2", "sample.restarts=0"), IDENTITY["laplace"])
+    assert (first["steps"], first["restarts"], fewer["steps"], fewer["restarts"]) == (8, 2, 2, 0)
+    assert fewer["fd_classifier"] != first["fd_classifier"]
 
 
 def test_unknown_distribution_and_missing_inputs(tmp_path, encoded):
