@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: .png grid for images; .csv or .parquet for array data")
     sample.add_argument("--sampler", default=None, help="ddpm, ddim or heun (default: the model's config)")
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's config)")
+    sample.add_argument("--restarts", type=int, default=None,
+                        help="times to noise the samples to sample.restart_t and sample back (default: the model's "
+                             "config; 0: none)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
     sample.add_argument("--project-dir", default=".", help="where mlflow.db lives (unless MLFLOW_TRACKING_URI)")
@@ -120,8 +123,8 @@ def _stage(args) -> None:
 def _sample(args) -> None:
     from flows.sampling import sample_to_file
 
-    path = sample_to_file(args.model, args.n, args.output, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                          device=args.device, project_dir=args.project_dir)
+    path = sample_to_file(args.model, args.n, args.output, sampler=args.sampler, steps=args.steps,
+                          restarts=args.restarts, seed=args.seed, device=args.device, project_dir=args.project_dir)
     print(f"wrote {path}")
 
 

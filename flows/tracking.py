@@ -52,7 +52,8 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 # Explicit requirements: inferring them loads the model in a subprocess (~8 s) and lists unrelated packages.
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "logdiff"]
 INPUT_SCHEMA = Schema([ColSpec("long", "n"), ColSpec("long", "seed", required=False),
-                       ColSpec("string", "sampler", required=False), ColSpec("long", "steps", required=False)])
+                       ColSpec("string", "sampler", required=False), ColSpec("long", "steps", required=False),
+                       ColSpec("long", "restarts", required=False)])
 # Shown in the UI as the input format; MLflow also checks at log time that the logged model loads and predicts it.
 INPUT_EXAMPLE = pd.DataFrame({"n": [1], "steps": [1]})
 
@@ -299,7 +300,7 @@ class NGLDMSampler:
     """A LogDiff model file as an MLflow pyfunc model.
 
     Input: a DataFrame, one request per row: ``n`` (samples to draw) and optional ``seed`` (default 0),
-    ``sampler`` and ``steps`` (default: the model's config). Output: the samples of all rows in row order, as a
+    ``sampler``, ``steps`` and ``restarts`` (default: the model's config). Output: the samples of all rows in row order, as a
     DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a uint8
     [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
     """
@@ -313,8 +314,9 @@ class NGLDMSampler:
 
     def _generate(self, request: dict) -> np.ndarray:
         given = {key: value for key, value in request.items() if value is not None and not pd.isna(value)}
+        counts = {key: int(given[key]) for key in ("steps", "restarts") if key in given}
         return self.trained.generate(int(given["n"]), seed=int(given.get("seed", 0)), sampler=given.get("sampler"),
-                                     steps=int(given["steps"]) if "steps" in given else None, progress=False)
+                                     progress=False, **counts)
 
     def _frame(self, samples: np.ndarray) -> pd.DataFrame:
         if self.trained.codec.kind == "image":

@@ -148,7 +148,7 @@ def test_sample_from_the_registry_via_the_cli(project, capsys):
     root, _ = project
     out = root / "grid.png"
     code = cli(["sample", "--model", "models:/ngldm-digits-gaussian@champion", "-n", "9", "-o", str(out),
-                "--steps", "3", "--project-dir", str(root)])
+                "--steps", "3", "--restarts", "1", "--project-dir", str(root)])
     assert code == 0 and out.stat().st_size > 0
     assert cli(["sample", "--model", "models:/ngldm-digits-cauchy@champion", "-o", str(out),
                 "--project-dir", str(root)]) == 2

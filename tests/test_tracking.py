@@ -207,3 +207,5 @@ def test_image_model_predicts_one_uint8_image_per_row(tmp_path):
     out = tracking._load_pyfunc(str(path)).predict(pd.DataFrame({"n": [3], "steps": [2]}))
     images = np.stack(out["image"])
     assert list(out.columns) == ["image"] and images.shape == (3, 1, 8, 8) and images.dtype == np.uint8
+    restarted = tracking._load_pyfunc(str(path)).predict(pd.DataFrame({"n": [3], "steps": [2], "restarts": [1]}))
+    assert not np.array_equal(np.stack(restarted["image"]), images)  # the same seed, sampled on
