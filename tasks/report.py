@@ -198,8 +198,9 @@ def _sampling(record: dict) -> str:
     """How an evaluation record's samples were drawn, in words."""
     words = f"{record['sampler']} ({record['steps']} steps"
     if record.get("restarts"):
-        words += (f", then {record['restarts']} restart(s): noised to t = {record['restart_t']} and sampled back "
-                  f"in {record['restart_steps']} steps")
+        times = "once" if record["restarts"] == 1 else f"{record['restarts']} times"
+        words += (f", then {times} noised to t = {record['restart_t']} and sampled back in {record['restart_steps']} "
+                  "steps")
     return words + ")"
 
 
