@@ -48,8 +48,8 @@ SMOKE = {"ae_steps": 20, "classifier_steps": 20, "steps": 20, "sample_count": 64
          "overrides": ["data.limit=240", "data.val_fraction=0.2", "train.device=cpu", "train.cpus_per_worker=1",
                        "autoencoder.base_channels=8", "autoencoder.batch_size=16", "network.base_channels=8",
                        "network.num_heads=2", "train.batch_size=16", "classifier.base_channels=8",
-                       "classifier.batch_size=16", "sample.steps=3", "sample.restart_steps=2", "sample.batch_size=32", "eval.grid_size=16",
-                       "eval.bootstrap=20"]}
+                       "classifier.batch_size=16", "sample.steps=3", "sample.restart_steps=2", "sample.batch_size=32",
+                       "eval.grid_size=16", "eval.bootstrap=20"]}
 
 
 class WindowClock:

@@ -300,9 +300,9 @@ class NGLDMSampler:
     """A LogDiff model file as an MLflow pyfunc model.
 
     Input: a DataFrame, one request per row: ``n`` (samples to draw) and optional ``seed`` (default 0),
-    ``sampler``, ``steps`` and ``restarts`` (default: the model's config). Output: the samples of all rows in row order, as a
-    DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a uint8
-    [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
+    ``sampler``, ``steps`` and ``restarts`` (default: the model's config). Output: the samples of all rows in row
+    order, as a DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a
+    uint8 [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
     """
 
     def __init__(self, trained: TrainedModel) -> None:

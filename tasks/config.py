@@ -406,10 +406,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"diffusion: {err}") from None
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
-    if cfg.sample.restart_t >= cfg.diffusion.timesteps:
+    if cfg.sample.restarts and cfg.sample.restart_t >= cfg.diffusion.timesteps:
         raise ConfigError(f"sample.restart_t: {cfg.sample.restart_t} is not a timestep of the schedule; use 0.."
-                          f"{cfg.diffusion.timesteps - 1} (diffusion.timesteps - 1)")
-    if cfg.sample.restart_steps > cfg.sample.restart_t + 1:
+                          f"{cfg.diffusion.timesteps - 1} (diffusion.timesteps - 1), or sample.restarts=0")
+    if cfg.sample.restarts and cfg.sample.restart_steps > cfg.sample.restart_t + 1:
         raise ConfigError(f"sample.restart_steps: {cfg.sample.restart_steps} exceeds the {cfg.sample.restart_t + 1} "
                           "timesteps from sample.restart_t down to 0")
     if len(set(cfg.train.seeds)) != len(cfg.train.seeds):

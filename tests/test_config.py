@@ -58,7 +58,8 @@ def test_every_numeric_key_rejects_an_out_of_range_value(key):
     "autoencoder.checkpoint_every=0", "sample.batch_size=0", "eval.grid_size=-1", "data.image_size=-3",
     "network.channel_mults=[]", "network.channel_mults=[1,0]", "train.cpus_per_worker=0", "train.warmup_steps=-5",
     "autoencoder.lr=-1", "train.seeds=[]", "train.seeds=[0,0]", "diffusion.beta_start=0.5",
-    "network.num_heads=0", "eval.confidence=1", "sample.steps=2000",
+    "network.num_heads=0", "eval.confidence=1", "sample.steps=2000", "sample.restarts=-1", "sample.restart_t=1000",
+    "sample.restart_steps=202",
 ])
 def test_values_found_by_fault_injection_fail_at_load(override):
     key = override.split("=")[0]
@@ -66,6 +67,13 @@ def test_values_found_by_fault_injection_fail_at_load(override):
     with pytest.raises(ConfigError, match=f"^({key}|{section})") as err:
         config.load("demo", [override])
     assert "\n" not in str(err.value)
+
+
+def test_restart_settings_bind_only_when_restarting():
+    short = config.load("demo", ["diffusion.timesteps=100", "sample.steps=50", "sample.restarts=0"])
+    assert short.sample.restart_t == 200  # unused: no restarts
+    with pytest.raises(ConfigError, match=r"^sample.restart_t: 200 is not a timestep of the schedule; use 0..99"):
+        config.load("demo", ["diffusion.timesteps=100", "sample.steps=50"])
 
 
 def test_attention_heads_must_divide_every_attention_width():
