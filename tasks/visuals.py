@@ -46,6 +46,10 @@ def plot_trajectories(trajectory: list[torch.Tensor], denoised: list[torch.Tenso
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, dist(trajectory[:-1]), label="sampling trajectory x_t")
     ax.plot(steps, dist(denoised), label="denoising trajectory x0_hat")
+    restarts = [i for i in range(1, len(timesteps)) if timesteps[i] > timesteps[i - 1]]
+    for i in restarts:  # the samples noised afresh to timesteps[i] (sample.restarts)
+        label = f"restart from t = {timesteps[i]}" if i == restarts[0] else None
+        ax.axvline(i, color="0.6", linestyle=":", label=label)
     ax.set(xlabel=f"step (t from {timesteps[0]} to {timesteps[-1]})", ylabel="mean L2 distance to final sample")
     ax.legend()
     ax.grid(alpha=0.3)
