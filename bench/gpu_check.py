@@ -18,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,8 +119,7 @@ def measure(args: argparse.Namespace, workdir: str) -> list[tuple[str, str, str]
                      + ("" if ratio is None else f"; {ratio:.2f}x the ceiling's distance above the floor")))
 
     model = load_trained(train_dir(cfg, variant))
-    options = {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "restarts": cfg.sample.restarts,
-               "batch_size": cfg.sample.batch_size}
+    options = asdict(cfg.sample)  # every sample setting, as the evaluate stage passes them
     model.sample(min(plan["sample_count"], cfg.sample.batch_size), device=cfg.train.device, progress=False,
                  **options)  # warm-up: kernels and allocator
     began = time.perf_counter()
