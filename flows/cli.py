@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from flows.stages import STAGES
-
-PARAMS_FILE = "params.yaml"
+from tasks.paths import PARAMS_FILE
 
 EPILOG = """\
 examples:
@@ -22,6 +21,7 @@ examples:
   logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
   logdiff sample --model models:/ngldm-digits-laplace@champion -n 64 -o grid.png
   logdiff stage train --distribution laplace   # one stage from params.yaml (what dvc repro runs)
+  logdiff pipeline wine                        # write a preset's DVC pipeline, to run with dvc repro
   logdiff config cifar10 train.steps=10        # print the resolved, validated config
 """
 
@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--seed", type=int, help="training seed (train, evaluate); may be left out when train.seeds "
                                                 "names only one")
     stage.add_argument("--params", default=PARAMS_FILE,
-                       help="the experiment's resolved config; its folder is the experiment's (default: params.yaml)")
+                       help="the pipeline's resolved config: the project root's (the root experiment, outputs in "
+                            "artifacts/<name>) or an experiment folder's (default: params.yaml)")
+
+    pipeline = sub.add_parser("pipeline", help="write an experiment's DVC pipeline (dvc.yaml, params.yaml) without "
+                                               "running it: the root's for demo, artifacts/<name>/ for the others")
+    _add_preset_args(pipeline)
 
     sample = sub.add_parser("sample", help="draw samples from a registered or local model")
     sample.add_argument("--model", required=True,
@@ -92,12 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(args) -> None:
     from dataclasses import replace
 
-    from tasks import config
+    from flows import tracking
+    from flows.project import experiment_of
+    from flows.runlog import run_log
+    from flows.stages import run_stage, stage_params, stage_pictures
 
-    from flows.stages import run_stage
-
-    params = Path(args.params).resolve()  # the experiment folder's params.yaml: the folder is the workdir
-    cfg = replace(config.load(str(params)), workdir=str(params.parent))
+    cfg, project, experiment = experiment_of(args.params)
+    cfg = replace(cfg, workdir=str(experiment))
     item = None
     if STAGES[args.name].fan_out == "variant":
         if not args.distribution:
@@ -106,11 +112,6 @@ def _stage(args) -> None:
         item = cfg.variant(args.distribution, args.transform, args.seed)
     elif STAGES[args.name].fan_out == "transform":
         item = cfg.transform(args.transform)
-    project = next((folder for folder in params.parents if (folder / ".dvc").is_dir()), params.parent)
-    from flows import tracking
-    from flows.runlog import run_log
-    from flows.stages import stage_params, stage_pictures
-
     name = STAGES[args.name].dvc_name(item)
     with run_log(project, f"stage-{name.replace('@', '-')}") as args.log_path, \
             tracking.standalone_stage_run(cfg, project, name, stage_params(cfg, args.name)) as run_id:
@@ -118,6 +119,20 @@ def _stage(args) -> None:
         record = run_stage(cfg, args.name, item, callback=callback)
         if run_id:
             tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, args.name, item))
+
+
+def _pipeline(args) -> None:
+    from tasks import config
+
+    from flows.project import prepare_experiment, project_lock
+
+    project = Path(args.project_dir).resolve()
+    cfg = config.load(args.preset, args.overrides)
+    with project_lock(project):
+        written = prepare_experiment(project, cfg)
+    where = "." if written.folder == Path.cwd() else str(written.folder)
+    print(f"wrote {written.folder / 'dvc.yaml'} and {PARAMS_FILE} (outputs go to {written.experiment}); "
+          f"run it with: cd {where} && dvc repro")
 
 
 def _sample(args) -> None:
@@ -171,7 +186,8 @@ def _config(args) -> None:
     print(yaml.safe_dump(config.load(args.preset, args.overrides).to_dict(), sort_keys=False), end="")
 
 
-COMMANDS = {"stage": _stage, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui, "config": _config}
+COMMANDS = {"stage": _stage, "pipeline": _pipeline, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui,
+            "config": _config}
 
 
 def _one_line(error: BaseException) -> str:

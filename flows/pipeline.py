@@ -97,11 +97,11 @@ def mlflow_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def lineage_hashes(cfg: Config) -> dict:
-    """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder."""
+def lineage_hashes(cfg: Config, lock: Path) -> dict:
+    """What data a model came from: the ingest manifest's content hash and DVC's hash of the data folder (from the
+    pipeline's ``lock``)."""
     import yaml
 
-    lock = cfg.work / "dvc.lock"
     outs = yaml.safe_load(lock.read_text()).get("stages", {}).get("ingest", {}).get("outs", []) if lock.exists() else []
     return {"data_content_hash": load_manifest(data_dir(cfg))["content_hash"],
             "dvc_data_md5": outs[0].get("md5", "") if outs else ""}
@@ -157,10 +157,11 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
 
 
 def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_dashboard: bool, logger) -> dict:
+    pipeline_files = prepare_experiment(project, cfg)
     # stages resolve paths against the experiment folder, wherever Prefect or Ray run them
-    run_cfg = replace(cfg, workdir=str(prepare_experiment(project, cfg)))
+    run_cfg = replace(cfg, workdir=str(pipeline_files.experiment))
     variants = cfg.variants()
-    stale = StaleStages(run_cfg.work, stage_names(cfg), force)
+    stale = StaleStages(pipeline_files.folder, stage_names(cfg), force)
     summary: dict = {"experiment": str(run_cfg.work), "stages_run": [], "models": {}}
     report_file = report_dir(run_cfg) / "report.md"
     tracking.use_store(project)
@@ -188,7 +189,7 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_
         for stage in (s for s in STAGES.values() if s.fan_out != "variant" and s.name != "report"):
             for item in stage.items(cfg):
                 run_if_stale(stage.name, item, lambda: stage_task(run_cfg, stage.name, parent_id, item))
-        lineage.update(lineage_hashes(run_cfg))
+        lineage.update(lineage_hashes(run_cfg, pipeline_files.folder / "dvc.lock"))
         manifest = load_manifest(data_dir(run_cfg))
         with variant_runs(parent_id, run_cfg, variants, lineage) as run_ids:
             tracking.log_dataset([parent_id, *run_ids.values()], manifest)

@@ -1,10 +1,16 @@
 """A LogDiff project on disk: the folder holding the DVC repository, the MLflow store and one folder per
-experiment (``artifacts/<name>/`` by default), each with its own ``dvc.yaml``, ``params.yaml`` and ``dvc.lock``,
-so switching between presets never makes another experiment stale.
+experiment (``artifacts/<name>/`` by default) holding its outputs.
+
+Each experiment is a DVC pipeline of its own, so switching between presets never makes another experiment stale.
+The project's **root experiment** (the default preset's, ``demo``) is the pipeline at the project root: the
+committed ``dvc.yaml`` and ``params.yaml``, where ``dvc repro``, ``dvc exp run -S key=value`` and ``dvc exp show``
+work as in any DVC project. Every other experiment keeps ``dvc.yaml``, ``params.yaml`` and ``dvc.lock`` in its own
+folder, made a DVC repository nested in the project's (``dvc init --subdir``), which the root's commands leave out.
 
 - ``project_lock``: one pipeline run per project at a time. A second run exits at once, naming the first; the
   lock is the kernel's (``flock``), so a killed run leaves nothing to clean up.
-- ``prepare_experiment``: the DVC repository (made once), the experiment's folder with its pipeline and config.
+- ``prepare_experiment``: the DVC repository (made once), the experiment's pipeline and config, its folder.
+- ``experiment_of``: the project and experiment folder of a ``params.yaml`` (what ``logdiff stage`` runs in).
 - ``dvc``: DVC's command line, its failures turned into one line in our words.
 - ``StaleStages``: which stages must run, as DVC sees it, kept current as stages run.
 """
@@ -12,20 +18,28 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
+from flows.stages import ROOT_WORK, pipeline_yaml
 from tasks import config
 from tasks.config import Config
 from tasks.io import atomic_write_text
-from tasks.paths import STATE
+from tasks.paths import PARAMS_FILE, STATE
 
-PIPELINE_TEMPLATE = Path(__file__).resolve().parent.parent / "conf" / "pipeline" / "dvc.yaml"
+log = logging.getLogger(__name__)
+PIPELINE_FILE = "dvc.yaml"
+DEFAULT_ROOT_EXPERIMENT = "demo"  # the root pipeline's experiment in a project that has no params.yaml yet
+EXPERIMENT_MARK = "experiment.json"  # in <experiment>/.logdiff/: the folder is a logdiff experiment's
 _held: dict[Path, object] = {}  # project locks this process holds, so that nested takers (the flow) re-enter
 
 
@@ -99,27 +113,100 @@ def _in_git(folder: Path) -> bool:
         return False
 
 
-def prepare_experiment(project: Path, cfg: Config) -> Path:
-    """Make ``project`` a DVC repository (once) and ``cfg``'s experiment folder a pipeline of its own: the template
-    ``dvc.yaml`` and the resolved config as ``params.yaml``. Returns the experiment folder (absolute)."""
+def pipeline_text(work: str) -> str:
+    """``dvc.yaml`` as the stage table writes it (``flows.stages.pipeline_yaml``), with a header saying so."""
+    where = "the project's root experiment" if work == ROOT_WORK else "this experiment"
+    return (f"# The DVC pipeline of {where}, written by logdiff from its one stage table (flows/stages.py):\n"
+            "# regenerate with `logdiff pipeline`, do not edit. Each command is a stage function of the Prefect flow.\n"
+            + yaml.safe_dump(pipeline_yaml(work), sort_keys=False, width=1000))
+
+
+def root_experiment(project: Path) -> str:
+    """The experiment the project's root pipeline belongs to: the one its ``params.yaml`` names (the default
+    preset's while there is none)."""
+    params = project / PARAMS_FILE
+    return config.read_yaml(params).get("name", DEFAULT_ROOT_EXPERIMENT) if params.is_file() \
+        else DEFAULT_ROOT_EXPERIMENT
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Where an experiment's DVC pipeline lives (``dvc.yaml``, ``params.yaml``, ``dvc.lock``: the folder DVC
+    commands run in) and where its outputs go (both absolute)."""
+
+    folder: Path
+    experiment: Path
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def _mark_experiment(folder: Path, cfg: Config) -> None:
+    """Make ``folder`` the experiment's, marked as logdiff's (a folder logdiff may replace parts of)."""
+    mark = folder / STATE / EXPERIMENT_MARK
+    if folder.exists() and any(folder.iterdir()) and not mark.is_file():
+        raise FileExistsError(f"{folder} exists and is not a logdiff experiment folder (no {STATE}/{EXPERIMENT_MARK});"
+                              " choose another workdir or name, or move it away")
+    ignored_state_dir(mark.parent)
+    _write_if_changed(mark, json.dumps({"name": cfg.name}) + "\n")
+
+
+def prepare_experiment(project: Path, cfg: Config) -> Pipeline:
+    """Make ``project`` a DVC repository (once), then write ``cfg``'s pipeline and resolved config: at the project
+    root for the root experiment, else in the experiment's folder, made a nested DVC repository."""
     project.mkdir(parents=True, exist_ok=True)
+    in_git = _in_git(project)
     if not (project / ".dvc").is_dir():
-        dvc(project, ["init", "--quiet", *([] if _in_git(project) else ["--no-scm"])])
+        dvc(project, ["init", "--quiet", *([] if in_git else ["--no-scm"])])
         dvc(project, ["config", "core.autostage", "false"])
     folder = (project / cfg.work).resolve()
     if not folder.is_relative_to(project) or folder == project:
         raise ValueError(f"workdir={cfg.workdir}: the experiment folder must be a subfolder of the project {project}")
-    experiment_file = folder / STATE / "experiment.json"
-    if folder.exists() and any(folder.iterdir()) and not experiment_file.is_file():
-        raise FileExistsError(f"{folder} exists and is not a logdiff experiment folder (no {STATE}/experiment.json); "
-                              "choose another workdir or name, or move it away")
-    ignored_state_dir(experiment_file.parent)
-    atomic_write_text(experiment_file, json.dumps({"name": cfg.name}) + "\n")
-    template = PIPELINE_TEMPLATE.read_text()
-    if not (folder / "dvc.yaml").is_file() or (folder / "dvc.yaml").read_text() != template:
-        atomic_write_text(folder / "dvc.yaml", template)
-    config.dump(cfg, folder / "params.yaml")
-    return folder
+    root = cfg.name == root_experiment(project)
+    if root and cfg.workdir is not None:
+        raise ValueError(f"workdir={cfg.workdir}: experiment {cfg.name} is the project's root pipeline, whose folder "
+                         f"is {ROOT_WORK.replace('${name}', cfg.name)}; leave workdir unset or rename the experiment")
+    _mark_experiment(folder, cfg)
+    pipeline_folder = project if root else folder
+    if root:
+        _retire_own_pipeline(folder)
+    elif not (folder / ".dvc").is_dir():  # its own DVC repository, which the root's commands leave out
+        dvc(folder, ["init", "--quiet", "--subdir" if in_git else "--no-scm"])
+        dvc(folder, ["config", "core.autostage", "false"])
+    _write_if_changed(pipeline_folder / PIPELINE_FILE, pipeline_text(ROOT_WORK if root else "."))
+    config.dump(cfg, pipeline_folder / PARAMS_FILE)
+    return Pipeline(pipeline_folder, folder)
+
+
+def _retire_own_pipeline(folder: Path) -> None:
+    """The root experiment's folder as it was before the root pipeline (its own dvc.yaml, params.yaml, dvc.lock):
+    those files go, or DVC would see two pipelines writing the same outputs. Its stages run once more."""
+    if (folder / ".dvc").is_dir() or not (folder / PIPELINE_FILE).is_file():
+        return
+    for name in (PIPELINE_FILE, PARAMS_FILE, "dvc.lock"):
+        (folder / name).unlink(missing_ok=True)
+    log.warning("%s: its pipeline is now the project's root pipeline (dvc.yaml at the project root); its stages "
+                "run once more under it", folder)
+
+
+def experiment_of(params_file: str | Path) -> tuple[Config, Path, Path]:
+    """The config in ``params_file``, the project and the experiment folder (absolute) it belongs to: for the
+    project's root ``params.yaml``, the folder its name gives (made and marked if missing); for an experiment's own
+    ``params.yaml``, the folder holding it."""
+    params = Path(params_file).resolve()
+    cfg = config.load(str(params))
+    folder = params.parent
+    if (folder / STATE / EXPERIMENT_MARK).is_file():
+        project = next((p for p in folder.parents if (p / ".dvc").is_dir()), folder)
+        return cfg, project, folder
+    if cfg.workdir is not None:
+        raise ValueError(f"{params}: the root pipeline's experiment lives in {ROOT_WORK.replace('${name}', cfg.name)};"
+                         " remove workdir from it")
+    experiment = folder / cfg.work
+    _mark_experiment(experiment, cfg)
+    return cfg, folder, experiment
 
 
 def stale_stages(experiment: Path, names: list[str]) -> set[str]:

@@ -1,14 +1,16 @@
-"""The pipeline's one stage table: what each stage runs, how it fans out, where its outputs go and which config
-sections it reads.
+"""The pipeline's one stage table: what each stage runs, how it fans out, what it reads and where its outputs go.
 
-``logdiff stage`` (what ``dvc.yaml`` runs), the Prefect flow and MLflow tracking all read ``STAGES``, so they can
-never drift apart; a test checks the table against ``dvc.yaml``. A stage runs once, once per data transform
-(``encode``) or once per model, a ``Variant`` of noise distribution and transform (``train``, ``evaluate``).
+``logdiff stage`` (what DVC runs), the Prefect flow, MLflow tracking and the DVC pipeline itself all come from
+``STAGES``, so they can never drift apart: ``pipeline_yaml`` writes ``dvc.yaml`` from it (the project's root
+pipeline and every experiment's own). A stage runs once, once per data transform (``encode``, ``baselines``) or
+once per model, a ``Variant`` of noise distribution, transform and seed (``train``, ``evaluate``).
 The stage functions are imported when a stage runs, so reading the table (``logdiff --help``) stays instant.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import typing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -20,6 +22,12 @@ if TYPE_CHECKING:
 
 Item = str | Variant | None  # the transform (per-transform stages), the variant (per-model stages) or nothing
 FAN_OUTS = ("once", "transform", "variant")
+# Keys that enumerate the models rather than configure one: a per-model stage depends on its own entry only (the
+# value here, None for none), so that changing or adding one distribution, transform or seed leaves the others alone.
+FAN_OUT_KEYS = {"diffusion.distributions": "${item.distribution}", "diffusion.transforms": None, "train.seeds": None}
+# DVC's names for the item of a foreach (transform) and a matrix (variant) stage.
+DVC_ITEMS: dict[str, Item] = {"once": None, "transform": "${item}",
+                              "variant": Variant("${item.distribution}", "${item.transform}", "${item.seed}")}
 
 
 @dataclass(frozen=True)
@@ -27,8 +35,11 @@ class Stage:
     name: str
     fan_out: str  # one of FAN_OUTS
     run: Callable[[Config, Item, StepCallback | None], dict]
-    folder: Callable[[Config, Item], Path]  # what the stage writes, attached to its MLflow run
-    params: tuple[str, ...]  # the config sections it reads: its MLflow params, and in dvc.yaml its params
+    folder: Callable[[Config, Item], Path]  # what the stage writes (attached to its MLflow run; its DVC output)
+    params: tuple[str, ...]  # the config sections or keys it reads: its MLflow params and its DVC params
+    needs: tuple[str, ...] = ()  # the stages whose outputs it reads: its DVC dependencies
+    metrics: bool = True  # it writes its headline figures to metrics/ (paths.metrics_file)
+    ignores: tuple[str, ...] = ()  # keys inside its sections that cannot change its output (left out of DVC params)
 
     def items(self, cfg: Config) -> list[Item]:
         return {"once": [None], "transform": list(cfg.diffusion.transforms), "variant": cfg.variants()}[self.fan_out]
@@ -37,7 +48,6 @@ class Stage:
         """The name ``dvc.yaml``'s foreach/matrix gives it: ``ingest``, ``encode@log``, ``train@laplace-identity``."""
         return {"once": self.name, "transform": f"{self.name}@{item}",
                 "variant": f"{self.name}@{getattr(item, 'name', item)}"}[self.fan_out]
-
 
 def _ingest(cfg: Config, item: None, callback: StepCallback | None) -> dict:
     from tasks.ingest import ingest
@@ -90,15 +100,28 @@ def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data")),
-    Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder")),
-    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",)),
-    Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier")),
-    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval")),
-    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train")),
-    Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval")),
-    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("train",)),
+    Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data"), metrics=False),
+    Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder"),
+          needs=("ingest",)),
+    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion.log_floor",), needs=("ingest", "autoencoder"),
+          metrics=False),
+    # the judge classifier behind the offline image metric (records why there is none for other data)
+    Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier"),
+          needs=("ingest",)),
+    # floor, autoencoder ceiling and trivial generator, scored as every model is
+    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval"),
+          needs=("ingest", "classifier", "encode")),
+    # one model per noise distribution x data transform x seed; log_floor reaches it through the latents
+    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train"), needs=("encode",),
+          ignores=("diffusion.log_floor",)),
+    Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval"),
+          needs=("ingest", "classifier", "baselines", "train")),
+    # every evaluated model side by side: it describes the whole experiment, so it reads every setting
+    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg),
+          tuple(f.name for f in dataclasses.fields(Config) if f.name != "workdir"),
+          needs=("baselines", "train", "evaluate")),
 )}
+REPORT_PLOTS = ("scores.png", "curves.png")  # pictures `dvc plots show` renders offline (no web scripts)
 
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
@@ -110,10 +133,22 @@ def stage_names(cfg: Config) -> list[str]:
     return [stage.dvc_name(item) for stage in STAGES.values() for item in stage.items(cfg)]
 
 
+def _section_value(settings: dict, key: str):
+    for part in key.split("."):
+        settings = settings[part]
+    return settings
+
+
 def stage_params(cfg: Config, *stages: str) -> dict:
-    """The config sections the given stages read, logged as their run's params."""
-    sections = {section for stage in stages for section in STAGES[stage].params}
-    return {k: v for k, v in cfg.to_dict().items() if k in sections}
+    """The config sections and keys the given stages read, nested as in the config: their run's MLflow params."""
+    settings, selected = cfg.to_dict(), {}
+    for key in sorted({key for stage in stages for key in STAGES[stage].params}):
+        *sections, leaf = key.split(".")
+        node = selected
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = _section_value(settings, key)
+    return selected
 
 
 def stage_pictures(cfg: Config, stage: str, item: Item = None) -> list[Path]:
@@ -121,3 +156,81 @@ def stage_pictures(cfg: Config, stage: str, item: Item = None) -> list[Path]:
     folder = STAGES[stage].folder(cfg, item)
     patterns = ("*.png", "*.csv", "*.md", "config.yaml", "manifest.json", "record.json", "report.json")
     return sorted(p for pattern in patterns for p in folder.glob(pattern))
+
+
+# ``dvc.yaml`` from the table ---------------------------------------------------------------------------------------
+ROOT_WORK = "artifacts/${name}"  # the root pipeline's experiment folder, as dvc.yaml spells it (from params.yaml)
+# The one stage whose metrics file DVC shows (`dvc metrics show`, a column per model in `dvc exp show`); the other
+# stages' files are outputs kept by git, shown on request (`dvc metrics show <file>`).
+DVC_METRICS_STAGE = "report"
+
+
+def _keys_of(section: str) -> list[str]:
+    section_type = typing.get_type_hints(Config)[section]
+    return [f"{section}.{f.name}" for f in dataclasses.fields(section_type)]
+
+
+def dvc_params(stage: Stage) -> list[str]:
+    """The stage's params as ``dvc.yaml`` lists them: a section whole, unless keys inside it cannot change the
+    stage's output (the fan-out keys of a per-item stage, and its ``ignores``): then that section key by key."""
+    left_out = set(stage.ignores) | (set(FAN_OUT_KEYS) if stage.fan_out != "once" else set())
+    listed = []
+    for key in stage.params:
+        if not any(k.startswith(f"{key}.") for k in left_out):
+            listed.append(key)
+            continue
+        for sub in _keys_of(key):
+            own = FAN_OUT_KEYS.get(sub) if stage.fan_out == "variant" else None
+            if own is not None:
+                listed.append(f"{sub}.{own}")
+            elif sub not in left_out:
+                listed.append(sub)
+    return listed
+
+
+def _dependency(upstream: Stage, stage: Stage, cfg: Config, item: Item) -> str:
+    """What of ``upstream``'s outputs ``stage`` reads: the same item's, the transform's of a model, or all of them
+    (the folder holding every item's)."""
+    if upstream.fan_out == "once":
+        return str(upstream.folder(cfg, None))
+    if upstream.fan_out == stage.fan_out:
+        return str(upstream.folder(cfg, item))
+    if upstream.fan_out == "transform" and stage.fan_out == "variant":
+        return str(upstream.folder(cfg, item.transform))
+    return str(upstream.folder(cfg, DVC_ITEMS[upstream.fan_out]).parent)
+
+
+def _command(stage: Stage) -> str:
+    options = {"once": "", "transform": " --transform ${item}",
+               "variant": " --distribution ${item.distribution} --transform ${item.transform} --seed ${item.seed}"}
+    return f"logdiff stage {stage.name}{options[stage.fan_out]}"
+
+
+def pipeline_yaml(work: str) -> dict:
+    """The DVC pipeline of an experiment whose folder is ``work`` relative to the pipeline's own folder: ``.`` for a
+    preset's pipeline in its experiment folder, ``ROOT_WORK`` for the project's root pipeline.
+
+    Every stage writes one folder (cached by DVC) and, where it has figures, a small JSON file under ``metrics/``
+    (kept by git). Only the report's file is declared as DVC metrics: one column per model in ``dvc exp show``."""
+    cfg = replace(Config(), workdir=work)
+    stages = {}
+    for stage in STAGES.values():
+        item = DVC_ITEMS[stage.fan_out]
+        body: dict = {"cmd": _command(stage)}
+        if stage.needs:
+            body["deps"] = [_dependency(STAGES[name], stage, cfg, item) for name in stage.needs]
+        body["params"] = dvc_params(stage)
+        body["outs"] = [str(stage.folder(cfg, item))]
+        if stage.metrics:
+            metrics = {str(paths.metrics_file(cfg, stage.name, getattr(item, "name", item))): {"cache": False}}
+            if stage.name == DVC_METRICS_STAGE:
+                body["metrics"] = [metrics]
+            else:
+                body["outs"].append(metrics)
+        if stage.fan_out == "transform":
+            body = {"foreach": "${diffusion.transforms}", "do": body}
+        elif stage.fan_out == "variant":
+            body = {"matrix": {"distribution": "${diffusion.distributions}", "transform": "${diffusion.transforms}",
+                               "seed": "${train.seeds}"}, **body}
+        stages[stage.name] = body
+    return {"stages": stages, "plots": [str(paths.report_dir(cfg) / name) for name in REPORT_PLOTS]}

@@ -40,7 +40,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID  # noqa: E402
 from mlflow.utils.time import get_current_time_millis  # noqa: E402
 
-from tasks.config import Config, Variant  # noqa: E402
+from tasks.config import Config, Variant, flatten  # noqa: E402
 from tasks.io import read_safetensors_settings, sha256_file  # noqa: E402
 from tasks.sample import TrainedModel, load_trained  # noqa: E402
 
@@ -121,18 +121,6 @@ def git_commit(project_dir: str | Path) -> str:
     except (OSError, subprocess.SubprocessError):  # no git, not a repository, or no commit yet
         return "unknown"
     return result.stdout.strip()
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``; an empty dict stays a leaf so its key is kept."""
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _metrics(values: dict, step: int) -> list[Metric]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 import re
@@ -433,6 +434,30 @@ def _validate(cfg: Config) -> None:
             if network.base_channels * mult % network.num_heads:
                 raise ConfigError(f"network.num_heads: {network.num_heads} must divide every attention width "
                                   f"(network.base_channels x channel_mults = {network.base_channels * mult})")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``; an empty dict stays a leaf so its key is kept."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def overrides_between(base: Config, cfg: Config) -> list[str]:
+    """What turns ``base`` into ``cfg``, in the override grammar of ``logdiff run`` and ``dvc exp run -S``:
+    ``key=value`` changed, ``+key=value`` added (a mapping's new entry), ``~key`` removed; the location left out."""
+    before, after = flatten(base.settings()), flatten(cfg.settings())
+
+    def shown(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+    return ([f"{'' if key in before else '+'}{key}={shown(value)}" for key, value in after.items()
+             if before.get(key, ...) != value] + [f"~{key}" for key in before if key not in after])
 
 
 def _merge(base: dict, update: dict) -> dict:

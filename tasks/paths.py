@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import Config, Variant
 
 MODEL_FILE = "model.safetensors"  # a trained model, in every stage folder that holds one
+PARAMS_FILE = "params.yaml"  # an experiment's resolved config, beside its dvc.yaml (the root's, or its folder's)
 STATE = ".logdiff"  # in the project and in each experiment: what is not an output (lock, checkpoints, logs, caches)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import config
 from .config import Config, Variant
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
@@ -298,8 +299,18 @@ def write_report(cfg: Config) -> dict:
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
                                                        pictures))
         write_json(out / "report.json", summary)
-    write_json(metrics_file(cfg, "report"), {g.label: g.mean for g in groups})
+    write_json(metrics_file(cfg, "report"), experiment_metrics(cfg, groups))
     return summary
+
+
+def experiment_metrics(cfg: Config, groups: list[Group]) -> dict:
+    """The experiment in one row of ``dvc exp show``: each model's score (the mean over its seeds) and, when a preset
+    has the experiment's name, what differs from it (``changed``, as ``dvc exp run -S`` would set it)."""
+    figures = {g.label: g.mean for g in groups}
+    if cfg.name not in config.preset_names():
+        return figures
+    changed = config.overrides_between(config.load(cfg.name), cfg)
+    return {"changed": " ".join(changed) or "none", **figures}
 
 
 def _read_csv(path: Path) -> list[dict]:

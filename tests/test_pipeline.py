@@ -1,7 +1,12 @@
 """The orchestrated pipeline end to end on tiny settings: Prefect flow, Ray fan-out, DVC state, MLflow registry."""
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from flows import tracking
@@ -41,19 +46,26 @@ def hermetic_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A fresh project directory after one pipeline run."""
+    """A fresh project directory (a git repository, as a clone is) after one pipeline run."""
     root = tmp_path_factory.mktemp("project")
+    git(root, "init", "-q")
     return root, run_pipeline("demo", TINY, project_dir=str(root))
 
 
-def dvc_status(experiment):
-    import json
-    import subprocess
-    import sys
+def git(folder, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                          capture_output=True, text=True).stdout
 
-    result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=experiment, capture_output=True,
-                            text=True, check=True)
-    return json.loads(result.stdout)
+
+def dvc(folder, *args) -> str:
+    """``dvc <args>`` in ``folder`` with this venv's ``logdiff`` on the PATH (what stage commands call)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=folder, env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def dvc_status(folder):
+    return json.loads(dvc(folder, "status", "--json"))
 
 
 def test_first_run_trains_registers_and_leaves_dvc_clean(project):
@@ -61,7 +73,7 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert summary["stages_run"] == ["ingest", "autoencoder", "encode@identity", "classifier",
                                      "baselines@identity", "train@gaussian-identity-0", "train@student_t-identity-0",
                                      "evaluate@gaussian-identity-0", "evaluate@student_t-identity-0", "report"]
-    assert dvc_status(root / "artifacts" / "demo") == {}
+    assert dvc_status(root) == {}  # the flow's run is the root pipeline's: nothing left for dvc repro
     tracking.use_store(root)
     client = MlflowClient()
     for distribution in ("gaussian", "student_t"):
@@ -84,7 +96,7 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     assert gaussian.data.tags["seed"] == "0" and gaussian.data.tags["champion_metric"] == "fd_classifier"
     assert gaussian.data.tags["data_content_hash"] and gaussian.data.tags["dvc_data_md5"]
     experiment = root / "artifacts" / "demo"
-    assert (experiment / "params.yaml").exists() and (experiment / "dvc.yaml").exists()
+    assert (root / "params.yaml").exists() and (root / "dvc.yaml").exists()
     assert (experiment / "eval" / "gaussian-identity-0" / "samples.png").exists()
     assert (experiment / "metrics" / "evaluate" / "gaussian-identity-0.json").exists()
     parent = next(r for r in runs if r.info.run_name == "pipeline")
@@ -109,6 +121,7 @@ def test_another_experiment_has_its_own_folder_and_switching_back_retrains_nothi
     root, _ = project
     other = run_pipeline("demo", [*TINY, "name=other", "diffusion.distributions={gaussian: {}}"], project_dir=str(root))
     assert other["stages_run"][:2] == ["ingest", "autoencoder"] and (root / "artifacts" / "other" / "dvc.lock").exists()
+    assert dvc_status(root / "artifacts" / "other") == {} and "other" not in dvc(root, "dag")  # a pipeline apart
     back = run_pipeline("demo", TINY, project_dir=str(root))
     assert back["stages_run"] == []
 
@@ -121,27 +134,43 @@ def test_changing_one_distribution_reruns_only_it(project):
     assert summary["stages_run"] == ["train@student_t-identity-0", "evaluate@student_t-identity-0", "report"]
     assert summary["models"]["student_t-identity-0"]["version"] == 2
     assert summary["models"]["gaussian-identity-0"]["version"] == 1
-    assert dvc_status(root / "artifacts" / "demo") == {}
+    assert dvc_status(root) == {}
 
 
-def test_dvc_repro_writes_what_the_flow_wrote(project):
-    """dvc repro runs the same stage through `logdiff stage`: forcing one training leaves everything up to date."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_dvc_exp_run_at_the_root_reruns_what_its_key_changes_and_exp_show_reads_in_one_row(project):
+    """The root pipeline as DVC users run it: no git step beyond the clone's commit; the changed key retrains the
+    models and nothing upstream; each stage DVC starts is tracked in MLflow too."""
     root, _ = project
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    experiment = root / "artifacts" / "demo"
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train@gaussian-identity-0"],
-                   cwd=experiment, env=env, check=True, capture_output=True)
-    assert dvc_status(experiment) == {}
-    tracking.use_store(root)  # a stage DVC started reaches MLflow too
+    git(root, "add", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore")
+    git(root, "commit", "-q", "-m", "the demo's pipeline at test size")
+    ran = dvc(root, "exp", "run", "-S", "train.lr=0.004")
+    assert sorted(line.split("'")[1] for line in ran.splitlines() if line.startswith("Running stage")) == [
+        "evaluate@gaussian-identity-0", "evaluate@student_t-identity-0", "report", "train@gaussian-identity-0",
+        "train@student_t-identity-0"]
+    baseline = next(row for row in json.loads(dvc(root, "exp", "show", "--json")) if row.get("experiments"))
+    metrics = baseline["experiments"][0]["revs"][0]["data"]["metrics"]["artifacts/demo/metrics/report.json"]["data"]
+    assert set(metrics) == {"changed", "gaussian", "student_t"} and "train.lr=0.004" in metrics["changed"].split()
+    assert dvc_status(root) == {}
+    tracking.use_store(root)
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id],
                               "tags.`logdiff.started_by` = 'logdiff stage (dvc)'")
-    assert [r.info.run_name for r in runs] == ["train@gaussian-identity-0"] and runs[0].info.status == "FINISHED"
-    assert "final_loss" in runs[0].data.metrics and runs[0].data.params["train.steps"] == "10"
+    train = next(r for r in runs if r.info.run_name == "train@gaussian-identity-0")
+    assert train.info.status == "FINISHED" and train.data.params["train.lr"] == "0.004"
+    assert "final_loss" in train.data.metrics
+
+
+def test_dvc_repro_in_a_fresh_clone_runs_the_root_pipeline(project, tmp_path):
+    root, _ = project
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(root), str(clone))
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["diffusion"]["distributions"] = {"gaussian": {}}  # one model is enough here
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(clone, "repro")
+    assert dvc_status(clone) == {}
+    report = json.loads((clone / "artifacts" / "demo" / "metrics" / "report.json").read_text())
+    assert set(report) == {"changed", "gaussian"} and report["gaussian"] > 0
 
 
 def test_sample_from_the_registry_via_the_cli(project, capsys):
@@ -165,7 +194,7 @@ def test_one_distribution_across_two_ddp_workers(project):
 
     root, _ = project
     experiment = root / "artifacts" / "demo"
-    cfg = replace(config.load(str(experiment / "params.yaml"), ["train.num_workers=2", "train.eval_every=0"]),
+    cfg = replace(config.load(str(root / "params.yaml"), ["train.num_workers=2", "train.eval_every=0"]),
                   workdir=str(experiment))
     record = train_ddp(cfg, Variant("gaussian", "identity"))
     assert record["world_size"] == 2 and record["steps"] == 10
@@ -205,7 +234,7 @@ def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeyp
 
     root, _ = project
     experiment = root / "artifacts" / "demo"
-    cfg = replace(config.load(str(experiment / "params.yaml"), ["train.eval_every=0"]), workdir=str(experiment))
+    cfg = replace(config.load(str(root / "params.yaml"), ["train.eval_every=0"]), workdir=str(experiment))
     results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
     assert isinstance(results["gaussian-identity-0"], dict) and results["gaussian-identity-0"]["steps"] == 10
     assert isinstance(results["cauchy-identity-0"], ValueError)

@@ -1,5 +1,5 @@
-"""The structure the project relies on: stage modules never import each other, and the one stage table agrees
-with dvc.yaml."""
+"""The structure the project relies on: stage modules never import each other, and the DVC pipelines are what the
+one stage table writes."""
 import ast
 from pathlib import Path
 
@@ -46,17 +46,41 @@ def test_the_import_check_can_fail(tmp_path):
     assert imported_task_modules(module) == {"train", "report", "encode", "ingest"}
 
 
-def test_stage_table_matches_dvc_yaml():
-    stages = yaml.safe_load((ROOT / "conf" / "pipeline" / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == list(STAGES)  # same stages, same order
-    for name, declared in stages.items():
-        stage = STAGES[name]
-        fan_out = "variant" if "matrix" in declared else "transform" if "foreach" in declared else "once"
-        assert fan_out == stage.fan_out, name
-        body = declared.get("do", declared)
-        assert body["cmd"].startswith(f"logdiff stage {name}"), name
-        for param in body.get("params", []):
-            assert param.split(".")[0] in stage.params, (name, param)
+def test_the_committed_root_pipeline_is_what_the_stage_table_writes():
+    """dvc.yaml and params.yaml at the project root are the demo's pipeline, generated: regenerate them with
+    `logdiff pipeline` when the stage table or the demo preset changes."""
+    from flows.project import pipeline_text
+    from flows.stages import ROOT_WORK
+    from tasks import config
+
+    assert (ROOT / "dvc.yaml").read_text() == pipeline_text(ROOT_WORK), "run `logdiff pipeline` and commit dvc.yaml"
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == config.load("demo").to_dict(), \
+        "run `logdiff pipeline` and commit params.yaml"
+
+
+def test_the_pipeline_follows_the_stage_table():
+    """Every stage of the table, in order, running its own command, writing its folder, reading its upstream
+    stages' outputs; a model's stages depend on its own distribution's settings only."""
+    from flows.stages import pipeline_yaml
+
+    stages = pipeline_yaml(".")["stages"]
+    assert list(stages) == list(STAGES)
+    bodies = {name: declared.get("do", declared) for name, declared in stages.items()}
+    for name, body in bodies.items():
+        fan_out = "variant" if "matrix" in stages[name] else "transform" if "foreach" in stages[name] else "once"
+        assert fan_out == STAGES[name].fan_out and body["cmd"].startswith(f"logdiff stage {name}"), name
+    assert bodies["train"]["deps"] == ["latents/${item.transform}"]
+    assert bodies["evaluate"]["deps"] == ["data", "classifier", "baselines/${item.transform}",
+                                          "train/${item.distribution}-${item.transform}-${item.seed}"]
+    assert bodies["report"]["deps"] == ["baselines", "train", "eval"]
+    train = bodies["train"]["params"]
+    assert "diffusion.distributions.${item.distribution}" in train and "train.lr" in train and "network" in train
+    assert not {"diffusion.transforms", "train.seeds", "diffusion.log_floor", "diffusion", "train"} & set(train)
+    assert bodies["encode"]["params"] == ["diffusion.log_floor"]
+    # one DVC metrics file (a column per model in `dvc exp show`); the others are outputs kept by git
+    assert bodies["report"]["metrics"] == [{"metrics/report.json": {"cache": False}}]
+    assert {"metrics/train/${item.distribution}-${item.transform}-${item.seed}.json": {"cache": False}} \
+        in bodies["train"]["outs"]
 
 
 def test_a_training_worker_does_not_import_torchvision():
