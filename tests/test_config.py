@@ -144,3 +144,14 @@ def test_reading_the_config_imports_no_torch():
 
     probe = "import sys, tasks.config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT).returncode == 0
+
+
+def test_overrides_between_say_what_changed_was_added_and_was_removed_as_dvc_exp_run_takes_them():
+    base = config.load("demo")
+    cfg = config.load("demo", ["train.lr=0.001", "sample.sampler=ddim",
+                               "diffusion.distributions={gaussian: {}, student_t: {nu: 5}}"])
+    assert sorted(config.overrides_between(base, cfg)) == [
+        "+diffusion.distributions.student_t.nu=5", "sample.sampler=ddim", "train.lr=0.001",
+        "~diffusion.distributions.exponential", "~diffusion.distributions.gumbel", "~diffusion.distributions.laplace",
+        "~diffusion.distributions.uniform"]
+    assert config.overrides_between(base, base) == []
