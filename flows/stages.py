@@ -29,6 +29,7 @@ class Stage:
     run: Callable[[Config, Item, StepCallback | None], dict]
     folder: Callable[[Config, Item], Path]  # what the stage writes, attached to its MLflow run
     params: tuple[str, ...]  # the config sections it reads: its MLflow params, and in dvc.yaml its params
+    inputs: tuple[str, ...] = ()  # the stages whose outputs it reads: fetched from the store where they are missing
 
     def items(self, cfg: Config) -> list[Item]:
         return {"once": [None], "transform": list(cfg.diffusion.transforms), "variant": cfg.variants()}[self.fan_out]
@@ -37,6 +38,22 @@ class Stage:
         """The name ``dvc.yaml``'s foreach/matrix gives it: ``ingest``, ``encode@log``, ``train@laplace-identity``."""
         return {"once": self.name, "transform": f"{self.name}@{item}",
                 "variant": f"{self.name}@{getattr(item, 'name', item)}"}[self.fan_out]
+
+    def output(self, cfg: Config, item: Item = None) -> tuple[str, list[Path]]:
+        """What one run of it writes, as a store unit: its DVC name, its folder and its metrics file."""
+        return self.dvc_name(item), [self.folder(cfg, item),
+                                     paths.metrics_file(cfg, self.name, getattr(item, "name", item))]
+
+    def input_outputs(self, cfg: Config, item: Item = None) -> list[tuple[str, list[Path]]]:
+        """The outputs of the upstream runs it reads: of the same transform or model when they fan out alike."""
+        transform = item.transform if isinstance(item, Variant) else item
+        upstream = []
+        for name in self.inputs:
+            stage = STAGES[name]
+            items = {"once": [None], "transform": [transform] if transform else list(cfg.diffusion.transforms),
+                     "variant": [item] if isinstance(item, Variant) else cfg.variants()}[stage.fan_out]
+            upstream += [stage.output(cfg, each) for each in items]
+        return upstream
 
 
 def _ingest(cfg: Config, item: None, callback: StepCallback | None) -> dict:
@@ -91,18 +108,29 @@ def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data")),
-    Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder")),
-    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",)),
-    Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier")),
-    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval")),
-    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train")),
-    Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval")),
-    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("train",)),
+    Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder"),
+          inputs=("ingest",)),
+    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",), inputs=("ingest", "autoencoder")),
+    Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier"),
+          inputs=("ingest",)),
+    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval"),
+          inputs=("ingest", "classifier", "encode")),
+    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train"),
+          inputs=("ingest", "encode", "classifier")),
+    Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval"),
+          inputs=("ingest", "classifier", "baselines", "train")),
+    Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("train",),
+          inputs=("baselines", "train", "evaluate")),
 )}
 
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
-    return STAGES[stage].run(cfg, item, callback)
+    """Run one stage; with an object store (``cluster.storage``), its inputs are fetched where the experiment
+    folder lacks them and its outputs published when it succeeds (``tasks/storage.py``)."""
+    from tasks.storage import staged
+
+    with staged(cfg, STAGES[stage].output(cfg, item), STAGES[stage].input_outputs(cfg, item)):
+        return STAGES[stage].run(cfg, item, callback)
 
 
 def stage_names(cfg: Config) -> list[str]:

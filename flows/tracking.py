@@ -160,9 +160,15 @@ class MetricLogger:
         self.__init__(**state)
 
     def __call__(self, step: int, metrics: dict) -> None:
+        self._open().log_batch(self.run_id, metrics=_metrics(metrics, step))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._open().set_tag(self.run_id, key, value)
+
+    def _open(self) -> MlflowClient:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
-        self._client.log_batch(self.run_id, metrics=_metrics(metrics, step))
+        return self._client
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:

@@ -69,3 +69,16 @@ def test_a_training_worker_does_not_import_torchvision():
             "print(sorted(m for m in ('torchvision', 'torch_fidelity') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_dependency_in_dvc_yaml_is_a_declared_input():
+    """What a stage fetches from the store on another node (``Stage.inputs``) covers what DVC says it reads."""
+    from tasks import config
+
+    cfg = config.load("demo")
+    owner = {STAGES[name].folder(cfg, item).relative_to(cfg.work).parts[0]: name
+             for name in STAGES for item in STAGES[name].items(cfg)}
+    stages = yaml.safe_load((ROOT / "conf" / "pipeline" / "dvc.yaml").read_text())["stages"]
+    for name, declared in stages.items():
+        for dep in declared.get("do", declared).get("deps", []):
+            assert owner[dep.split("/")[0]] in STAGES[name].inputs, (name, dep)
