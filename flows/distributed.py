@@ -140,10 +140,11 @@ def start_training(cfg: Config, variants: list[Variant], callbacks: dict[str, St
     if cfg.train.num_workers > 1:
         return {v.name: partial(train_ddp, cfg, v, callbacks.get(v.name)) for v in variants}
     # retried when its worker or node dies, never for an exception the training raised (a mistake stays one)
-    remote = ray.remote(_train_one).options(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg),
-                                            max_retries=cfg.cluster.max_retries, retry_exceptions=False)
-    return {v.name: remote.options(scheduling_strategy=placement(cfg, v)).remote(cfg.to_dict(), v, callbacks.get(v.name))
-            for v in variants}
+    remote = ray.remote(_train_one)
+    options = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg),
+                   max_retries=cfg.cluster.max_retries, retry_exceptions=False)
+    return {v.name: remote.options(**options, scheduling_strategy=placement(cfg, v) or "DEFAULT")
+            .remote(cfg.to_dict(), v, callbacks.get(v.name)) for v in variants}
 
 
 def wait_for(pending) -> dict:

@@ -110,12 +110,13 @@ def prepare_experiment(project: Path, cfg: Config) -> Path:
     if not folder.is_relative_to(project) or folder == project:
         raise ValueError(f"workdir={cfg.workdir}: the experiment folder must be a subfolder of the project {project}")
     experiment_file = folder / STATE / "experiment.json"
-    if folder.exists() and any(folder.iterdir()) and not experiment_file.is_file():
+    template = PIPELINE_TEMPLATE.read_text()
+    cloned = (folder / "dvc.yaml").is_file() and (folder / "dvc.yaml").read_text() == template  # git keeps no state
+    if folder.exists() and any(folder.iterdir()) and not experiment_file.is_file() and not cloned:
         raise FileExistsError(f"{folder} exists and is not a logdiff experiment folder (no {STATE}/experiment.json); "
                               "choose another workdir or name, or move it away")
     ignored_state_dir(experiment_file.parent)
     atomic_write_text(experiment_file, json.dumps({"name": cfg.name}) + "\n")
-    template = PIPELINE_TEMPLATE.read_text()
     if not (folder / "dvc.yaml").is_file() or (folder / "dvc.yaml").read_text() != template:
         atomic_write_text(folder / "dvc.yaml", template)
     config.dump(cfg, folder / "params.yaml")

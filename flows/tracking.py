@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 # Before mlflow is imported: no progress bars in stage logs, no telemetry calls from an offline machine.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # with a server: two lines per ended run
 
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
