@@ -146,17 +146,21 @@ class LocalCluster:
         return int((result.stdout.strip().splitlines() or ["0"])[-1])
 
     def stop(self) -> None:
-        for proc in reversed(self.started):
-            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        """SIGTERM to each process group started here, SIGKILL to those still there 30 s later."""
+        for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+            for proc in self.started:
                 try:
                     os.killpg(proc.pid, sig)
                 except ProcessLookupError:
-                    break
+                    pass
+            deadline = time.monotonic() + grace
+            for proc in self.started:
                 try:
-                    proc.wait(grace)
-                    break
+                    proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    continue
+                    pass
+            if all(proc.poll() is not None for proc in self.started):
+                break
         self.started.clear()
         for folder in (HEAD_TMP, NODE2_TMP, f"{NODE2_TMP}-venv"):
             shutil.rmtree(folder, ignore_errors=True)

@@ -41,8 +41,10 @@ def init_ray(dashboard: bool = False) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    # Ray relays worker output line by line: a progress line every 10 s per worker, not a flood
+    # Ray relays worker output line by line: a progress line every 10 s per worker, not a flood; and each line once
+    # (Ray Train would also copy every print of its workers into its own log stream)
     env.setdefault("TQDM_MININTERVAL", "10")
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if address:
         code = [str(Path(package.__file__).parent) for package in (logdiff_core, tasks, flows)]
         ray.init(address=address, log_to_driver=True,

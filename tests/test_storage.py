@@ -142,3 +142,18 @@ def test_the_store_is_not_a_setting_of_any_output():
     plain, clustered = config.load("demo"), config.load("demo", ["cluster.storage=s3://b/p"])
     assert plain.model_settings(LAPLACE) == clustered.model_settings(LAPLACE)
     assert "cluster" in json.loads(json.dumps(clustered.to_dict()))  # params.yaml keeps it
+
+
+def test_a_ddp_training_starts_again_only_when_a_worker_was_lost():
+    """Ray Train reports a lost worker and a training's own exception alike; only the first is retried."""
+    from ray.exceptions import RayActorError
+
+    from flows.distributed import _lost_worker
+
+    class TrainingFailed(Exception):
+        def __init__(self, failures):
+            self.worker_failures = failures
+
+    assert _lost_worker(TrainingFailed({0: RayActorError(), 1: RuntimeError("gloo: connection closed")}))
+    assert not _lost_worker(TrainingFailed({0: FloatingPointError("loss became nan"), 1: RuntimeError("gloo")}))
+    assert not _lost_worker(ValueError("not a Ray Train failure"))
