@@ -210,9 +210,9 @@ class Resumable:
         return state
 
     def save(self, step: int, **extras: Any) -> None:
-        state = {name: obj.state_dict() for name, obj in self.stateful.items()}
-        atomic_torch_save({**state, **extras, "step": step, "fingerprint": self.fingerprint}, self.path)
         from .storage import mirror_of
 
+        state = {name: obj.state_dict() for name, obj in self.stateful.items()}
+        atomic_torch_save({**state, **extras, "step": step, "fingerprint": self.fingerprint}, self.path)
         if (store := mirror_of(self.path)) is not None:  # for a retry on another node
             store.save_copy(self.path)
