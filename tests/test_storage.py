@@ -137,6 +137,25 @@ def test_cluster_settings_are_checked_before_anything_runs(tmp_path, monkeypatch
     with pytest.raises(ClusterError, match="tracking server http://127.0.0.1:18999 .* is unreachable"):
         check_cluster(config.load("demo"))
 
+    # a cluster of two nodes (Ray's answers stood in for): the SQLite store and the driver's disk will not do
+    import flows.distributed
+
+    two_nodes = [{"NodeID": "a" * 56, "Alive": True, "Resources": {"node:__internal_head__": 1.0}},
+                 {"NodeID": "b" * 56, "Alive": True, "Resources": {"node2": 1.0}}]
+    monkeypatch.setattr(flows.distributed, "init_ray", lambda: None)
+    monkeypatch.setattr(flows.distributed, "alive_nodes", lambda: two_nodes)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:18100")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(ClusterError, match="has 2 nodes, but MLflow tracks to the project SQLite file"):
+        check_cluster(config.load("demo"))
+    monkeypatch.setattr("flows.cluster.check_tracking_server", lambda uri: None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    with pytest.raises(ClusterError, match="set cluster.storage=s3://"):
+        check_cluster(config.load("demo"))
+    with pytest.raises(ValueError, match="no alive Ray node is 'gpu-box'.*bbbbbbbb \\(node2\\)"):
+        check_cluster(config.load("demo", [f"cluster.storage=file://{tmp_path}", "cluster.placement={gaussian: gpu-box}"]))
+    check_cluster(config.load("demo", [f"cluster.storage=file://{tmp_path}", "cluster.placement={gaussian: node2}"]))
+
 
 def test_the_store_is_not_a_setting_of_any_output():
     plain, clustered = config.load("demo"), config.load("demo", ["cluster.storage=s3://b/p"])
