@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
             cluster.stop()
         moved = transfers(base / "logs" / "two-nodes.log")
     print(f"\ndemo {' '.join(args.overrides) or '(preset as is)'}, back to back on this machine")
-    print(f"{'run':<44}{'wall s':>8}")
-    print(f"{'one node: local Ray (2 CPUs), folder, SQLite':<44}{one:>8.0f}")
-    print(f"{'two nodes (1 + 1 CPU), S3 store, tracking server':<44}{two:>8.0f}   ({two / one:.2f}x)")
+    print(f"{'run':<50}{'wall s':>8}")
+    print(f"{'one node: local Ray (2 CPUs), folder, SQLite':<50}{one:>8.0f}")
+    print(f"{'two nodes (1 + 1 CPU), S3 store, tracking server':<50}{two:>8.0f}   ({two / one:.2f}x)")
     print(f"\nmoving artifacts in the two-node run (each node's own clock; transfers overlap across nodes)")
     print(f"{'transfer':<24}{'count':>6}{'MB':>9}{'seconds':>9}")
     for kind, (count, mb, seconds) in sorted(moved.items()):
