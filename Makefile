@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast test-cluster bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the pipeline on a two-node Ray cluster on this machine, with S3 (moto) and MLflow servers (docs/cluster.md)
+test-cluster: $(VENV)/.installed-cluster
+	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py
+
+$(VENV)/.installed-cluster: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,cluster,test-cluster]"
+	touch $@
 
 test-fast: $(STAMP)  # everything but the end-to-end runs of the orchestrated pipeline (about a minute)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -19,6 +19,7 @@ examples:
   logdiff run wine                             # positive measurements: identity vs log transform
   logdiff serve --cron "0 3 * * *"             # a scheduled Prefect deployment (starts a local server)
   logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
+  logdiff tracking-server --artifacts s3://bucket/mlartifacts   # for a Ray cluster (docs/cluster.md)
   logdiff sample --model models:/ngldm-digits-laplace@champion -n 64 -o grid.png
   logdiff stage train --distribution laplace   # one stage from params.yaml (what dvc repro runs)
   logdiff pipeline wine                        # write a preset's DVC pipeline, to run with dvc repro
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the project's store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--project-dir", default=".")
+
+    server = sub.add_parser("tracking-server", help="start an MLflow tracking server for a cluster's workers "
+                                                    "(docs/cluster.md); then set MLFLOW_TRACKING_URI to its URL")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on; workers on other machines need "
+                                                            "one they can reach (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--project-dir", default=".", help="where its runs and registry live (mlflow.db)")
+    server.add_argument("--artifacts", default=None,
+                        help="where logged files and models go, e.g. s3://bucket/mlartifacts (default: "
+                             "<project-dir>/mlartifacts)")
+    server.add_argument("--endpoint", default="", help="S3-compatible endpoint of --artifacts (MinIO, Ceph, ...)")
 
     cfg = sub.add_parser("config", help="print the resolved, validated config (or list presets)")
     _add_preset_args(cfg)
@@ -186,8 +198,18 @@ def _config(args) -> None:
     print(yaml.safe_dump(config.load(args.preset, args.overrides).to_dict(), sort_keys=False), end="")
 
 
+def _tracking_server(args) -> None:
+    from flows.cluster import tracking_server_command
+
+    argv, env = tracking_server_command(Path(args.project_dir).resolve(), args.host, args.port, args.artifacts,
+                                        args.endpoint)
+    print(f"MLflow tracking server on http://{args.host}:{args.port}: export "
+          f"MLFLOW_TRACKING_URI=http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    os.execvpe(argv[0], argv, env)
+
+
 COMMANDS = {"stage": _stage, "pipeline": _pipeline, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui,
-            "config": _config}
+            "config": _config, "tracking-server": _tracking_server}
 
 
 def _one_line(error: BaseException) -> str:
@@ -225,11 +247,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.config import ConfigError
     from tasks.fid import FIDUnavailable
 
+    from tasks.storage import StoreError
+
+    from flows.cluster import ClusterError
     from flows.project import DvcError, ProjectLocked
     from flows.schedule import ServerStartError
 
     return (ConfigError, ValueError, FileNotFoundError, FileExistsError, ProjectLocked, DvcError, FIDUnavailable,
-            ServerStartError)
+            ServerStartError, StoreError, ClusterError)
 
 
 if __name__ == "__main__":

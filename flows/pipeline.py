@@ -20,6 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Failed
 
 from flows import tracking
+from flows.cluster import check_cluster, publish_inputs, pull_outputs, push_outputs
 from flows.project import StaleStages, prepare_experiment, project_lock
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config
@@ -58,9 +59,10 @@ def stage_task(cfg: Config, stage: str, parent_run_id: str, item: Item = None) -
 def train_task(cfg: Config, variant: Variant, pending, run_id: str) -> dict:
     """One model's training, as its own task so each model's state shows in Prefect: ``pending`` is its Ray
     work, already running side by side with the others."""
-    from flows.distributed import wait_for
+    from flows.distributed import fetch_trained, wait_for
 
     record = wait_for(pending)
+    fetch_trained(cfg, variant)
     tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "train", variant))
     return record
 
@@ -150,6 +152,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     cfg = config.load(preset, overrides or [])
     with project_lock(project):
         summary = _run_stale_stages(cfg, preset, project, force, ray_dashboard, get_run_logger())
+        push_outputs(cfg, Path(summary["pipeline"]))
     failed = [name for name, info in summary["models"].items() if "error" in info]
     if failed:
         return Failed(message=f"{len(failed)} model(s) failed: {', '.join(failed)}", data=summary)
@@ -160,9 +163,11 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_
     pipeline_files = prepare_experiment(project, cfg)
     # stages resolve paths against the experiment folder, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(pipeline_files.experiment))
+    pull_outputs(run_cfg, pipeline_files.folder)  # from a DVC remote, if set: made elsewhere, not made again
     variants = cfg.variants()
     stale = StaleStages(pipeline_files.folder, stage_names(cfg), force)
-    summary: dict = {"experiment": str(run_cfg.work), "stages_run": [], "models": {}}
+    summary: dict = {"experiment": str(run_cfg.work), "pipeline": str(pipeline_files.folder), "stages_run": [],
+                     "models": {}}
     report_file = report_dir(run_cfg) / "report.md"
     tracking.use_store(project)
     if not stale.stale and (registered := _all_registered(run_cfg)):
@@ -232,6 +237,7 @@ def _train_stale(cfg: Config, variants: list[Variant], run_ids: dict[str, str], 
     if not to_train:
         return
     uri = mlflow_uri()
+    publish_inputs(cfg, "train", to_train)  # what the workers will fetch, whichever machine made it
     pending = start_training(cfg, to_train, {v.name: tracking.MetricLogger(uri, run_ids[v.name]) for v in to_train},
                              dashboard=ray_dashboard)
     try:
@@ -274,6 +280,7 @@ def check_before_running(preset: str, overrides: list[str]) -> Config:
 
     cfg = config.load(preset, overrides)
     check_source(cfg.data, cfg.diffusion.transforms, cfg.diffusion.log_floor)
+    check_cluster(cfg)
     return cfg
 
 

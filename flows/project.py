@@ -143,10 +143,19 @@ def _write_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def _mark_experiment(folder: Path, cfg: Config) -> None:
-    """Make ``folder`` the experiment's, marked as logdiff's (a folder logdiff may replace parts of)."""
+def _is_experiment_pipeline(folder: Path) -> bool:
+    """Whether ``folder`` holds an experiment's own pipeline: marked by logdiff, or (in a clone, since git does not
+    keep the mark) with the ``dvc.yaml`` logdiff writes there."""
+    pipeline = folder / PIPELINE_FILE
+    return (folder / STATE / EXPERIMENT_MARK).is_file() or (pipeline.is_file() and
+                                                            pipeline.read_text() == pipeline_text("."))
+
+
+def _mark_experiment(folder: Path, cfg: Config, root: bool) -> None:
+    """Make ``folder`` the experiment's, marked as logdiff's (a folder logdiff may replace parts of): a folder of
+    someone else's is refused; the root experiment's (named by the root pipeline) is logdiff's by definition."""
     mark = folder / STATE / EXPERIMENT_MARK
-    if folder.exists() and any(folder.iterdir()) and not mark.is_file():
+    if folder.exists() and any(folder.iterdir()) and not root and not _is_experiment_pipeline(folder):
         raise FileExistsError(f"{folder} exists and is not a logdiff experiment folder (no {STATE}/{EXPERIMENT_MARK});"
                               " choose another workdir or name, or move it away")
     ignored_state_dir(mark.parent)
@@ -168,7 +177,7 @@ def prepare_experiment(project: Path, cfg: Config) -> Pipeline:
     if root and cfg.workdir is not None:
         raise ValueError(f"workdir={cfg.workdir}: experiment {cfg.name} is the project's root pipeline, whose folder "
                          f"is {ROOT_WORK.replace('${name}', cfg.name)}; leave workdir unset or rename the experiment")
-    _mark_experiment(folder, cfg)
+    _mark_experiment(folder, cfg, root)
     pipeline_folder = project if root else folder
     if root:
         _retire_own_pipeline(folder)
@@ -198,14 +207,14 @@ def experiment_of(params_file: str | Path) -> tuple[Config, Path, Path]:
     params = Path(params_file).resolve()
     cfg = config.load(str(params))
     folder = params.parent
-    if (folder / STATE / EXPERIMENT_MARK).is_file():
+    if _is_experiment_pipeline(folder):
         project = next((p for p in folder.parents if (p / ".dvc").is_dir()), folder)
         return cfg, project, folder
     if cfg.workdir is not None:
         raise ValueError(f"{params}: the root pipeline's experiment lives in {ROOT_WORK.replace('${name}', cfg.name)};"
                          " remove workdir from it")
     experiment = folder / cfg.work
-    _mark_experiment(experiment, cfg)
+    _mark_experiment(experiment, cfg, root=True)
     return cfg, folder, experiment
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from tasks import paths
-from tasks.config import Config, Variant
+from tasks.config import LOCATIONS, Config, Variant
 
 if TYPE_CHECKING:
     from tasks.runtime import StepCallback
@@ -37,7 +37,8 @@ class Stage:
     run: Callable[[Config, Item, StepCallback | None], dict]
     folder: Callable[[Config, Item], Path]  # what the stage writes (attached to its MLflow run; its DVC output)
     params: tuple[str, ...]  # the config sections or keys it reads: its MLflow params and its DVC params
-    needs: tuple[str, ...] = ()  # the stages whose outputs it reads: its DVC dependencies
+    # the stages whose outputs it reads: its DVC dependencies, fetched from the object store where they are missing
+    inputs: tuple[str, ...] = ()
     metrics: bool = True  # it writes its headline figures to metrics/ (paths.metrics_file)
     ignores: tuple[str, ...] = ()  # keys inside its sections that cannot change its output (left out of DVC params)
 
@@ -48,6 +49,37 @@ class Stage:
         """The name ``dvc.yaml``'s foreach/matrix gives it: ``ingest``, ``encode@log``, ``train@laplace-identity``."""
         return {"once": self.name, "transform": f"{self.name}@{item}",
                 "variant": f"{self.name}@{getattr(item, 'name', item)}"}[self.fan_out]
+
+    def metrics_path(self, cfg: Config, item: Item = None) -> Path | None:
+        return paths.metrics_file(cfg, self.name, getattr(item, "name", item)) if self.metrics else None
+
+    def output(self, cfg: Config, item: Item = None) -> tuple[str, list[Path]]:
+        """What one run of it writes, as a store unit: its DVC name, its folder and its metrics file."""
+        return self.dvc_name(item), [self.folder(cfg, item), *filter(None, [self.metrics_path(cfg, item)])]
+
+    def input_outputs(self, cfg: Config, item: Item = None) -> list[tuple[str, list[Path]]]:
+        """The outputs of the upstream runs it reads (see ``upstream_item``)."""
+        upstream = []
+        for name in self.inputs:
+            stage = STAGES[name]
+            read = upstream_item(stage, self, item)
+            upstream += [stage.output(cfg, each) for each in (stage.items(cfg) if read is ALL else [read])]
+        return upstream
+
+
+ALL = object()  # every run of an upstream stage
+
+
+def upstream_item(upstream: Stage, stage: Stage, item: Item) -> Item | object:
+    """Which run of ``upstream`` the run of ``stage`` on ``item`` reads: the only one, the one of the same transform
+    or model, the transform's of a model, or ``ALL`` of them."""
+    if upstream.fan_out == "once":
+        return None
+    if upstream.fan_out == stage.fan_out:
+        return item
+    if upstream.fan_out == "transform" and stage.fan_out == "variant":
+        return item.transform
+    return ALL
 
 def _ingest(cfg: Config, item: None, callback: StepCallback | None) -> dict:
     from tasks.ingest import ingest
@@ -102,30 +134,36 @@ def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("ingest", "once", _ingest, lambda cfg, item: paths.data_dir(cfg), ("seed", "data"), metrics=False),
     Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder"),
-          needs=("ingest",)),
-    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion.log_floor",), needs=("ingest", "autoencoder"),
+          inputs=("ingest",)),
+    Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion.log_floor",), inputs=("ingest", "autoencoder"),
           metrics=False),
     # the judge classifier behind the offline image metric (records why there is none for other data)
     Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier"),
-          needs=("ingest",)),
+          inputs=("ingest",)),
     # floor, autoencoder ceiling and trivial generator, scored as every model is
     Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval"),
-          needs=("ingest", "classifier", "encode")),
-    # one model per noise distribution x data transform x seed; log_floor reaches it through the latents
-    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train"), needs=("encode",),
-          ignores=("diffusion.log_floor",)),
+          inputs=("ingest", "classifier", "encode")),
+    # one model per noise distribution x data transform x seed (its training curve is scored by the judge, on the
+    # data); log_floor reaches it through the latents
+    Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train"),
+          inputs=("ingest", "encode", "classifier"), ignores=("diffusion.log_floor",)),
     Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval"),
-          needs=("ingest", "classifier", "baselines", "train")),
+          inputs=("ingest", "classifier", "baselines", "train")),
     # every evaluated model side by side: it describes the whole experiment, so it reads every setting
     Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg),
-          tuple(f.name for f in dataclasses.fields(Config) if f.name != "workdir"),
-          needs=("baselines", "train", "evaluate")),
+          tuple(f.name for f in dataclasses.fields(Config) if f.name not in LOCATIONS),
+          inputs=("baselines", "train", "evaluate")),
 )}
 REPORT_PLOTS = ("scores.png", "curves.png")  # pictures `dvc plots show` renders offline (no web scripts)
 
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
-    return STAGES[stage].run(cfg, item, callback)
+    """Run one stage; with an object store (``cluster.storage``), its inputs are fetched where the experiment
+    folder lacks them and its outputs published when it succeeds (``tasks/storage.py``)."""
+    from tasks.storage import staged
+
+    with staged(cfg, STAGES[stage].output(cfg, item), STAGES[stage].input_outputs(cfg, item)):
+        return STAGES[stage].run(cfg, item, callback)
 
 
 def stage_names(cfg: Config) -> list[str]:
@@ -189,15 +227,11 @@ def dvc_params(stage: Stage) -> list[str]:
 
 
 def _dependency(upstream: Stage, stage: Stage, cfg: Config, item: Item) -> str:
-    """What of ``upstream``'s outputs ``stage`` reads: the same item's, the transform's of a model, or all of them
-    (the folder holding every item's)."""
-    if upstream.fan_out == "once":
-        return str(upstream.folder(cfg, None))
-    if upstream.fan_out == stage.fan_out:
-        return str(upstream.folder(cfg, item))
-    if upstream.fan_out == "transform" and stage.fan_out == "variant":
-        return str(upstream.folder(cfg, item.transform))
-    return str(upstream.folder(cfg, DVC_ITEMS[upstream.fan_out]).parent)
+    """The folder of ``upstream``'s outputs that ``stage`` reads (for ``ALL`` runs, the folder holding them all)."""
+    read = upstream_item(upstream, stage, item)
+    if read is ALL:
+        return str(upstream.folder(cfg, DVC_ITEMS[upstream.fan_out]).parent)
+    return str(upstream.folder(cfg, read))
 
 
 def _command(stage: Stage) -> str:
@@ -217,12 +251,12 @@ def pipeline_yaml(work: str) -> dict:
     for stage in STAGES.values():
         item = DVC_ITEMS[stage.fan_out]
         body: dict = {"cmd": _command(stage)}
-        if stage.needs:
-            body["deps"] = [_dependency(STAGES[name], stage, cfg, item) for name in stage.needs]
+        if stage.inputs:
+            body["deps"] = [_dependency(STAGES[name], stage, cfg, item) for name in stage.inputs]
         body["params"] = dvc_params(stage)
         body["outs"] = [str(stage.folder(cfg, item))]
         if stage.metrics:
-            metrics = {str(paths.metrics_file(cfg, stage.name, getattr(item, "name", item))): {"cache": False}}
+            metrics = {str(stage.metrics_path(cfg, item)): {"cache": False}}
             if stage.name == DVC_METRICS_STAGE:
                 body["metrics"] = [metrics]
             else:

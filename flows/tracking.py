@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 # Before mlflow is imported: no progress bars in stage logs, no telemetry calls from an offline machine.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # with a server: two lines per ended run
 
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
@@ -148,9 +149,15 @@ class MetricLogger:
         self.__init__(**state)
 
     def __call__(self, step: int, metrics: dict) -> None:
+        self._open().log_batch(self.run_id, metrics=_metrics(metrics, step))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._open().set_tag(self.run_id, key, value)
+
+    def _open(self) -> MlflowClient:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
-        self._client.log_batch(self.run_id, metrics=_metrics(metrics, step))
+        return self._client
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:

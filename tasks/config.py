@@ -216,6 +216,27 @@ class EvalConfig:
     _ranges = {"num_samples": Range(4), "grid_size": COUNT, "bootstrap": NON_NEGATIVE, "confidence": FRACTION}
 
 
+@dataclass
+class ClusterConfig:
+    """Where outputs live and where models train beyond one machine (docs/cluster.md). Locations, not settings:
+    left out of ``Config.settings``, so a model file is the same byte for byte wherever it was trained."""
+
+    storage: str = ""  # "": the experiment folder only; s3://bucket/prefix or file:///shared/path: a store every node reaches
+    endpoint: str = ""  # S3-compatible server (MinIO, Ceph, moto): http(s)://host:port; "": AWS
+    dvc_remote: str = ""  # DVC remote (s3://bucket/prefix, or a path): dvc pull before a run, dvc push after
+    placement: dict[str, str] = field(default_factory=dict)  # model or distribution -> Ray node (resource or id)
+    max_retries: int = 2  # retries of a training whose node or worker died (never of an error in the training)
+
+    _ranges = {"max_retries": NON_NEGATIVE}
+
+    def __post_init__(self) -> None:
+        if self.storage and not self.storage.startswith(("s3://", "file:///")):
+            raise ConfigError(f"cluster.storage: {self.storage!r} is not a store; use s3://bucket/prefix, "
+                              "file:///shared/path, or leave it empty for the experiment folder only")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"cluster.endpoint: {self.endpoint!r} must be a URL such as http://127.0.0.1:9000")
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model the pipeline trains: a noise distribution under a data transform, from one training seed."""
@@ -236,6 +257,9 @@ class Variant:
         return self.distribution if self.transform == "identity" else f"{self.distribution}-{self.transform}"
 
 
+LOCATIONS = ("workdir", "cluster")  # where a run happens and its outputs live, not how models are made
+
+
 @dataclass
 class Config:
     name: str = "demo"  # the experiment: its MLflow experiment, and its folder artifacts/<name>
@@ -249,6 +273,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     _ranges = {"seed": NON_NEGATIVE}
 
@@ -256,9 +281,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def settings(self, *sections: str) -> dict:
-        """The config without ``workdir`` (a location, not a setting), or only ``sections`` of it: what is saved
-        beside outputs, so that the flow (absolute paths) and ``dvc repro`` (relative paths) write identical files."""
-        settings = {k: v for k, v in self.to_dict().items() if k != "workdir"}
+        """The config without ``workdir`` and ``cluster`` (locations, not settings), or only ``sections`` of it: what
+        is saved beside outputs, so that the flow (absolute paths), ``dvc repro`` (relative paths) and a cluster write
+        identical files."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in LOCATIONS}
         return {k: settings[k] for k in sections} if sections else settings
 
     def model_settings(self, variant: Variant) -> dict:

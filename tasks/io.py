@@ -196,6 +196,10 @@ class Resumable:
 
     def restore(self, max_step: int) -> dict | None:
         """The saved extras (with ``step``) after loading every stateful object, or None to start afresh."""
+        from .storage import mirror_of
+
+        if (store := mirror_of(self.path)) is not None:  # the latest, whichever node saved it
+            store.load_copy(self.path)
         if not self.path.exists():
             return None
         state = load_checkpoint(self.path, f"{self.what} training")
@@ -206,5 +210,9 @@ class Resumable:
         return state
 
     def save(self, step: int, **extras: Any) -> None:
+        from .storage import mirror_of
+
         state = {name: obj.state_dict() for name, obj in self.stateful.items()}
         atomic_torch_save({**state, **extras, "step": step, "fingerprint": self.fingerprint}, self.path)
+        if (store := mirror_of(self.path)) is not None:  # for a retry on another node
+            store.save_copy(self.path)

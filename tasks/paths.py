@@ -70,3 +70,15 @@ def checkpoint_file(cfg: Config, name: str) -> Path:
 def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
     """Cached Inception features of ``num_samples`` reference images of one dataset version."""
     return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"
+
+
+def published_manifest(cfg: Config, unit: str) -> Path:
+    """What a stage run (``unit``, DVC's name: ``train@laplace-identity-0``) last published to the experiment's store
+    (``tasks/storage.py``): its files' sizes and sha256. In the store, written after the files, so readers know the
+    unit is whole; here, what the folder last received or sent."""
+    return state_dir(cfg) / "published" / f"{unit}.json"
+
+
+def ray_results_dir(cfg: Config) -> Path:
+    """Ray Train's run state of multi-worker (DDP) trainings (the same path in the store when there is one)."""
+    return cfg.work / "ray_results"

@@ -126,6 +126,8 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     if state := checkpoint.restore(tc.steps):
         gen.set_state(state["generator"][rank % len(state["generator"])].to(gen.get_state().device))
         start, history, curve = state["step"], state["history"], state["curve"]
+        if rank == 0:
+            print(f"{variant.name}: resuming from its checkpoint at step {start} of {tc.steps}", flush=True)
 
     def save_checkpoint(step: int) -> None:
         generator_states = [gen.get_state().cpu()]

@@ -23,3 +23,14 @@ def one_torch_thread():
     no test's numbers or speed depend on which tests ran before it."""
     yield
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The two-node cluster test starts servers and a Ray cluster: it runs only when asked for (``-m cluster``,
+    ``make test-cluster``), never in ``make test``."""
+    if config.getoption("markexpr") == "cluster":
+        return
+    skip = pytest.mark.skip(reason="a two-node Ray cluster with S3 and MLflow servers: make test-cluster")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
