@@ -80,7 +80,7 @@ def _train(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict
 def _evaluate(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict:
     from tasks.evaluate import evaluate
 
-    return evaluate(cfg, variant)
+    return evaluate(cfg, variant, callback=callback)
 
 
 def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
@@ -94,7 +94,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("autoencoder", "once", _autoencoder, lambda cfg, item: paths.autoencoder_dir(cfg), ("seed", "autoencoder")),
     Stage("encode", "transform", _encode, paths.latents_dir, ("diffusion",)),
     Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier")),
-    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval")),
+    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval", "sample", "diffusion")),
     Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train")),
     Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval")),
     Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg), ("train",)),
