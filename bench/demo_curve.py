@@ -69,6 +69,7 @@ SETTINGS = {
     "dropout 0.2": ["network.dropout=0.2"],
     "hidden 128": ["network.hidden=128"],
     "weight decay": ["train.weight_decay=0.1"],
+    "all three": ["network.dropout=0.2", "network.hidden=128", "sample.restarts=0"],
 }
 UPSTREAM = ("data", "autoencoder", "classifier", "eval", "seed", "sample")  # sections the baselines depend on
 UPSTREAM_FOLDERS = ("data", "autoencoder", "latents", "classifier", "baselines")

@@ -37,14 +37,16 @@ def test_a_noise_without_a_density_has_no_optimal_denoiser():
         OptimalDenoiser(torch.zeros(3, 2), SCHEDULE, Stable())
 
 
-@pytest.mark.parametrize("name", WITH_DENSITY)
-def test_deterministic_sampling_with_the_optimal_denoiser_ends_on_training_points(name):
-    """DDIM from random starts: every sample ends within 1e-5 of a training point (the copier's samples), and
-    many points are reached, not one."""
+@pytest.mark.parametrize("name,sampler,options", [*((name, "ddim", {}) for name in WITH_DENSITY),
+                                                  ("gaussian", "heun", {"restarts": 2}), ("gaussian", "ddpm", {})])
+def test_sampling_with_the_optimal_denoiser_ends_on_training_points(name, sampler, options):
+    """From random starts, DDIM for every noise (and Heun with restarts, and ancestral sampling, for Gaussian
+    noise): every sample ends within 1e-5 of a training point (the copier's samples), and many points are
+    reached, not one. It is a model like any other to the samplers."""
     points = torch.randn(30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     denoiser = OptimalDenoiser(points, SCHEDULE, noise.get(name))
-    result = samplers.sample(denoiser, SCHEDULE, noise.get(name), (64, 4), sampler="ddim", steps=50,
-                             generator=torch.Generator().manual_seed(1))
+    result = samplers.sample(denoiser, SCHEDULE, noise.get(name), (64, 4), sampler=sampler, steps=50,
+                             generator=torch.Generator().manual_seed(1), **options)
     distance, nearest = torch.cdist(result.samples.double(), points).min(dim=1)
     assert float(distance.max()) < 1e-5
     assert len(torch.unique(nearest)) >= 15
