@@ -315,7 +315,6 @@ def copying_pictures(cfg: Config, models: dict[str, tuple[Path, dict]], baseline
     """The section's pictures in ``out``: nearest-neighbour histograms (every model and the copy row against
     held-out), samples beside their nearest training images, the score deviation curves. Returns their names."""
     from .paths import baselines_dir
-    from .visuals import plot_grids_side_by_side
 
     transform = next(iter(baselines))
     folder = baselines_dir(cfg, transform)
@@ -331,12 +330,31 @@ def copying_pictures(cfg: Config, models: dict[str, tuple[Path, dict]], baseline
     if (folder / "copy_nearest.png").exists():
         pairs["copy (optimal denoiser)"] = folder / "copy_nearest.png"
     if pairs:
-        pictures.append(plot_grids_side_by_side(pairs, out / "nearest.png", columns=2).name)
+        pictures.append(plot_pair_strips(pairs, out / "nearest.png").name)
     curves = {label: record["deviation"] for label, (_, record) in models.items() if "curve" in record.get(
         "deviation", {})}
     if curves:
         pictures.append(plot_deviation(curves, out / "deviation.png").name)
     return pictures
+
+
+def plot_pair_strips(strips: dict[str, Path], path: Path) -> Path:
+    """The ``nearest.png`` strips (samples above their nearest training images) of several sets, one under the
+    other, each labelled."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    pictures = {label: Image.open(strip) for label, strip in strips.items()}
+    width = max(p.width for p in pictures.values())
+    heights = [p.height / width * 12 + 0.35 for p in pictures.values()]
+    fig, axes = plt.subplots(len(pictures), 1, figsize=(12, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (label, picture) in zip(axes[:, 0], pictures.items()):
+        ax.imshow(picture, cmap="gray" if picture.mode == "L" else None)
+        ax.set_title(f"{label}: samples (top) nearest the training set, closest first, and their nearest training "
+                     "images (bottom)", fontsize=9, loc="left")
+        ax.axis("off")
+    return save_figure(fig, path)
 
 
 def _distances(path: Path) -> dict[str, np.ndarray]:
