@@ -4,15 +4,22 @@ the demo trains each of its five side by side), scored with the pipeline's own m
     .venv/bin/python bench/demo_curve.py                      # every setting below, the gaussian model
     .venv/bin/python bench/demo_curve.py --only demo long     # some of them
     .venv/bin/python bench/demo_curve.py --distribution laplace
+    .venv/bin/python bench/demo_curve.py --only demo --upstream artifacts/demo   # reuse a run's data, AE, judge
 
 Prints one row per setting: training CPU-seconds, evaluation seconds, the champion metric with its interval (the
 mean over the demo's 8 scored sets of 449 samples, so rows differ by more than sampling luck), and the distance
-above the real-vs-real floor in multiples of the autoencoder ceiling's. The baselines are scored once
-per data/autoencoder setting. Runs the stage functions directly (no Prefect, Ray or MLflow) in a temp folder.
+above the real-vs-real floor in multiples of the autoencoder ceiling's; then the same against the held-out split,
+and whether the model copies its training digits: C_T in the judge's features and in pixels (below -3: copies),
+the share of samples nearer a training digit than 95% of held-out digits are (5% for real data), the
+point-by-point copying rate, and the timestep at which the model parts from the optimal denoiser. The baselines
+are scored once per data/autoencoder setting (or taken from ``--upstream``, an experiment folder whose data,
+autoencoder, latents, judge and baselines match). Runs the stage functions directly (no Prefect, Ray or MLflow)
+in a temp folder.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -57,8 +64,15 @@ SETTINGS = {
     "5 blocks": ["network.layers=5"],
     "hidden 512": ["network.hidden=512"],
     "ae no kl": ["autoencoder.kl_weight=0"],
+    # against copying the training digits (docs/generalisation.md)
+    "dropout 0.1": ["network.dropout=0.1"],
+    "dropout 0.2": ["network.dropout=0.2"],
+    "hidden 128": ["network.hidden=128"],
+    "weight decay": ["train.weight_decay=0.1"],
+    "all three": ["network.dropout=0.2", "network.hidden=128", "sample.restarts=0"],
 }
-UPSTREAM = ("data", "autoencoder", "classifier", "eval", "seed")  # sections the baselines depend on
+UPSTREAM = ("data", "autoencoder", "classifier", "eval", "seed", "sample")  # sections the baselines depend on
+UPSTREAM_FOLDERS = ("data", "autoencoder", "latents", "classifier", "baselines")
 
 
 def main() -> None:
@@ -66,20 +80,28 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="settings to run (default: all)")
     parser.add_argument("--distribution", default="gaussian")
     parser.add_argument("--preset", default="demo")
+    parser.add_argument("--seed", type=int, default=0, help="the models' training (and sampling) seed")
     parser.add_argument("--pixel-gmm", action="store_true", help="also score a Gaussian mixture fitted to the pixels")
+    parser.add_argument("--upstream", type=Path, help="an experiment folder to take data, autoencoder, latents, "
+                        "judge and baselines from (they must match the settings' upstream sections)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as each model trains in the demo: five Ray tasks, one thread each, on two cores
     rows = []
     with tempfile.TemporaryDirectory(prefix="logdiff-bench-") as tmp:
         prepared: dict[str, Path] = {}
         for name in args.only or SETTINGS:
-            cfg = config.load(args.preset, [*SETTINGS[name], f"diffusion.distributions={{{args.distribution}: {{}}}}"])
+            cfg = config.load(args.preset, [*SETTINGS[name], f"diffusion.distributions={{{args.distribution}: {{}}}}",
+                                            f"train.seeds=[{args.seed}]"])
             key = repr(cfg.settings(*UPSTREAM))
             if key not in prepared:  # data, autoencoder, judge and baselines once per upstream setting
                 prepared[key] = Path(tmp) / f"upstream{len(prepared)}"
                 cfg = replace(cfg, workdir=str(prepared[key]))
-                for step in (ingest, train_autoencoder, lambda c: encode_latents(c, "identity"), train_classifier,
-                             lambda c: compute_baselines(c, "identity")):
+                if args.upstream:
+                    for folder in UPSTREAM_FOLDERS:
+                        shutil.copytree(args.upstream / folder, prepared[key] / folder)
+                steps = (ingest, train_autoencoder, lambda c: encode_latents(c, "identity"), train_classifier,
+                         lambda c: compute_baselines(c, "identity"))
+                for step in () if args.upstream else steps:
                     step(cfg)
             cfg = replace(cfg, workdir=str(prepared[key]))
             variant = Variant(args.distribution, "identity", cfg.train.seeds[0])
@@ -114,13 +136,29 @@ def pixel_gmm_score(cfg) -> dict:
 
 def print_row(name: str, train_cpu: float, eval_s: float, record: dict, header: bool) -> None:
     metric = record["champion_metric"]
+    held_out = f"held_out_{metric}"
     if header:
         print(f"{'setting':<14}{'train CPU-s':>12}{'eval s':>8}  {metric + ' [95% interval]':<28}{'x ceiling':>10}"
-              f"{'precision':>10}{'recall':>8}")
-    interval = f"{record[metric]:.3g} [{record[metric + '_low']:.3g}, {record[metric + '_high']:.3g}]"
+              f"{'precision':>10}{'recall':>8}  {'held-out [95% interval]':<28}{'x ceiling':>10}"
+              f"{'C_T judge':>10}{'C_T pixels':>11}{'near 5%':>8}{'copy rate':>10}{'parts at t':>11}")
     ratio = record["ceiling_ratio"]
-    print(f"{name:<14}{train_cpu:>12.1f}{eval_s:>8.1f}  {interval:<28}{'n/a' if ratio is None else f'{ratio:.2f}':>10}"
-          f"{record.get('precision', float('nan')):>10.2f}{record.get('recall', float('nan')):>8.2f}", flush=True)
+    ratio_h = record.get("held_out_ceiling_ratio")
+    copied = record.get("copying", {})
+    c_t = {space: f"{copied[space]['c_t']:.1f}" if space in copied else "n/a" for space in ("judge", "pixels")}
+    first = copied.get("pixels") or next(iter(copied.values()), {})  # near-copies and the rate: pixels if tested
+    parted = record.get("deviation", {}).get("parting_t")
+    print(f"{name:<14}{train_cpu:>12.1f}{eval_s:>8.1f}  {_interval(record, metric):<28}"
+          f"{'n/a' if ratio is None else f'{ratio:.2f}':>10}"
+          f"{record.get('precision', float('nan')):>10.2f}{record.get('recall', float('nan')):>8.2f}  "
+          f"{_interval(record, held_out):<28}{'n/a' if ratio_h is None else f'{ratio_h:.2f}':>10}"
+          f"{c_t['judge']:>10}{c_t['pixels']:>11}{first.get('near_copy_5', float('nan')):>8.1%}"
+          f"{first.get('copying_rate', float('nan')):>10.1%}{str(parted):>11}", flush=True)
+
+
+def _interval(record: dict, metric: str) -> str:
+    if metric not in record:
+        return "n/a"
+    return f"{record[metric]:.3g} [{record[metric + '_low']:.3g}, {record[metric + '_high']:.3g}]"
 
 
 if __name__ == "__main__":

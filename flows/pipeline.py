@@ -69,7 +69,7 @@ def train_task(cfg: Config, variant: Variant, pending, run_id: str) -> dict:
 
 @task(name="evaluate", task_run_name="evaluate-{variant.name}", **RETRIED)
 def evaluate_task(cfg: Config, variant: Variant, run_id: str) -> dict:
-    record = run_stage(cfg, "evaluate", variant)
+    record = run_stage(cfg, "evaluate", variant, callback=tracking.MetricLogger(mlflow_uri(), run_id))
     tracking.log_stage_outputs(run_id, record, stage_pictures(cfg, "evaluate", variant))
     return record
 
@@ -86,11 +86,12 @@ def register_task(cfg: Config, variant: Variant, run_id: str, tags: dict) -> dic
 def evaluation(cfg: Config, variant: Variant) -> dict:
     """A model's champion score as the summary shows it: value, interval, and against the baselines."""
     record = read_json(eval_dir(cfg, variant) / "record.json")
-    metric = record["champion_metric"]
+    metric = record.get("ranked_by", record["champion_metric"])  # images: against the held-out split
+    prefix = metric[: len(metric) - len(record["champion_metric"])]
     return {"metric": metric, "score": record[metric], "low": record.get(f"{metric}_low"),
-            "high": record.get(f"{metric}_high"), "beats_trivial": record.get("beats_trivial"),
+            "high": record.get(f"{metric}_high"), "beats_trivial": record.get(f"{prefix}beats_trivial"),
             "label": variant.label, "seed": variant.seed,
-            **{key: record.get(key) for key in CEILING_RATIO_KEYS}}
+            **{key: record.get(f"{prefix}{key}") for key in CEILING_RATIO_KEYS}}
 
 
 def mlflow_uri() -> str:

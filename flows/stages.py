@@ -122,7 +122,7 @@ def _train(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict
 def _evaluate(cfg: Config, variant: Variant, callback: StepCallback | None) -> dict:
     from tasks.evaluate import evaluate
 
-    return evaluate(cfg, variant)
+    return evaluate(cfg, variant, callback=callback)
 
 
 def _report(cfg: Config, item: None, callback: StepCallback | None) -> dict:
@@ -140,15 +140,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # the judge classifier behind the offline image metric (records why there is none for other data)
     Stage("classifier", "once", _classifier, lambda cfg, item: paths.classifier_dir(cfg), ("seed", "classifier"),
           inputs=("ingest",)),
-    # floor, autoencoder ceiling and trivial generator, scored as every model is
-    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval"),
-          inputs=("ingest", "classifier", "encode")),
+    # floor, autoencoder ceiling, trivial generator and the optimal denoiser (copy), scored as every model is, and
+    # the reference of the data-copying test; log_floor reaches it through the latents
+    Stage("baselines", "transform", _baselines, paths.baselines_dir, ("seed", "eval", "sample", "diffusion"),
+          inputs=("ingest", "classifier", "encode"), ignores=("diffusion.log_floor",)),
     # one model per noise distribution x data transform x seed (its training curve is scored by the judge, on the
     # data); log_floor reaches it through the latents
     Stage("train", "variant", _train, paths.train_dir, ("seed", "network", "diffusion", "train"),
           inputs=("ingest", "encode", "classifier"), ignores=("diffusion.log_floor",)),
     Stage("evaluate", "variant", _evaluate, paths.eval_dir, ("seed", "sample", "eval"),
-          inputs=("ingest", "classifier", "baselines", "train")),
+          inputs=("ingest", "classifier", "encode", "baselines", "train")),
     # every evaluated model side by side: it describes the whole experiment, so it reads every setting
     Stage("report", "once", _report, lambda cfg, item: paths.report_dir(cfg),
           tuple(f.name for f in dataclasses.fields(Config) if f.name not in LOCATIONS),

@@ -74,6 +74,11 @@ def log_standard_gamma(alpha: float, shape, generator=None, device=None) -> torc
     return log_out.reshape(shape)
 
 
+class NoDensity(ValueError):
+    """The noise has no closed-form density (an alpha-stable law, say): nothing that needs one (the optimal
+    denoiser, the empirical score deviation) can be computed for it."""
+
+
 def _real_parameter(distribution: str, name: str, value, above: float, why: str = "") -> float:
     """``value`` as a float if it is a finite real number (numpy scalars included) above ``above``; else a
     one-line ValueError."""
@@ -83,10 +88,12 @@ def _real_parameter(distribution: str, name: str, value, above: float, why: str 
 
 
 class NoiseDistribution:
-    """Zero-mean, unit-variance noise. Subclasses set ``name``, ``defaults`` and implement ``_draw``."""
+    """Zero-mean, unit-variance noise. Subclasses set ``name``, ``defaults`` and implement ``_draw``; those with a
+    closed-form density also implement ``log_density`` (and set ``support`` when it is bounded)."""
 
     name: str = ""
     defaults: dict = {}
+    support: tuple[float, float] = (-math.inf, math.inf)  # of one coordinate; the density is 0 outside
 
     def __init__(self, **params):
         self.params = params
@@ -107,6 +114,15 @@ class NoiseDistribution:
     def _draw(self, shape, generator, device, dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of each coordinate, for ``z`` inside ``support`` (where the density is positive)."""
+        raise NoDensity(f"{self.name} noise has no closed-form density, so it has no optimal denoiser and no score "
+                        "deviation; those figures are left out for it")
+
+    @property
+    def has_density(self) -> bool:
+        return type(self).log_density is not NoiseDistribution.log_density
+
     @property
     def excess_kurtosis(self) -> float:
         raise NotImplementedError
@@ -124,6 +140,9 @@ class Gaussian(NoiseDistribution):
     def _draw(self, shape, generator, device, dtype):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+    def log_density(self, z):
+        return -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
+
 
 @register
 class Laplace(NoiseDistribution):
@@ -139,14 +158,21 @@ class Laplace(NoiseDistribution):
         sign = torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, -1.0, 1.0).to(dtype)
         return sign * magnitude / math.sqrt(2)
 
+    def log_density(self, z):
+        return -math.sqrt(2) * z.abs() - 0.5 * math.log(2)
+
 
 @register
 class Uniform(NoiseDistribution):
     name = "uniform"
     excess_kurtosis = -1.2
+    support = (-math.sqrt(3), math.sqrt(3))
 
     def _draw(self, shape, generator, device, dtype):
         return (torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * math.sqrt(3)
+
+    def log_density(self, z):
+        return torch.full_like(z, -math.log(2 * math.sqrt(3)))
 
 
 @register
@@ -160,6 +186,12 @@ class Gumbel(NoiseDistribution):
         g = -torch.log(-torch.log(_uniform_open(shape, generator, device, dtype)))
         return (g - EULER_GAMMA) / (math.pi / math.sqrt(6))
 
+    def log_density(self, z):
+        scale = math.pi / math.sqrt(6)
+        g = z * scale + EULER_GAMMA
+        # exp(-g) overflows float64 below g = -709: far in the left tail the log-density saturates near -1e300
+        return math.log(scale) - g - torch.exp(-g.clamp_min(-700))
+
 
 @register
 class Exponential(NoiseDistribution):
@@ -167,9 +199,13 @@ class Exponential(NoiseDistribution):
 
     name = "exponential"
     excess_kurtosis = 6.0
+    support = (-1.0, math.inf)
 
     def _draw(self, shape, generator, device, dtype):
         return -torch.log(_uniform_open(shape, generator, device, dtype)) - 1
+
+    def log_density(self, z):
+        return -(z + 1)
 
 
 @register
@@ -193,6 +229,11 @@ class StudentT(NoiseDistribution):
         t = z / torch.sqrt(chi2 / self.nu)
         return (t * math.sqrt((self.nu - 2) / self.nu)).to(dtype)
 
+    def log_density(self, z):
+        nu, scale = self.nu, math.sqrt((self.nu - 2) / self.nu)
+        constant = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi) - math.log(scale)
+        return constant - (nu + 1) / 2 * torch.log1p((z / scale) ** 2 / nu)
+
 
 @register
 class GeneralizedGaussian(NoiseDistribution):
@@ -214,6 +255,14 @@ class GeneralizedGaussian(NoiseDistribution):
         log_g = log_standard_gamma(1 / self.beta, shape, generator, device)
         sign = torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, -1.0, 1.0)
         x = sign.to(torch.float64) * torch.exp(log_g / self.beta)  # g ** (1 / beta), without underflow
-        scale = math.exp(0.5 * (math.lgamma(3 / self.beta) - math.lgamma(1 / self.beta)))
-        return (x / scale).to(dtype)
+        return (x / self._scale).to(dtype)
+
+    @property
+    def _scale(self) -> float:
+        """The std of exp(-|x|^beta)'s normalised density: dividing by it gives unit variance."""
+        return math.exp(0.5 * (math.lgamma(3 / self.beta) - math.lgamma(1 / self.beta)))
+
+    def log_density(self, z):
+        scale = self._scale
+        return math.log(scale * self.beta / 2) - math.lgamma(1 / self.beta) - (z.abs() * scale) ** self.beta
 

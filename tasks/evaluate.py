@@ -2,6 +2,10 @@
 baselines are (same metric, sample size and reference, with intervals), and read against them: does the model beat
 the trivial generator, and how far above the real-vs-real floor is it, as a multiple of the autoencoder ceiling's
 distance? Grids, trajectory plots and samples beside.
+
+Images are scored against the held-out split as well (``held_out_<metric>``, read against the baselines'
+held-out figures; the report ranks on them), and every model gets the data-copying test and its empirical score
+deviation from the optimal denoiser (``tasks.copying``).
 """
 from __future__ import annotations
 
@@ -9,12 +13,15 @@ import dataclasses
 
 import numpy as np
 
+from . import copying
+from .codec import load_latents
 from .config import Config, Variant, write_yaml
 from .data import load_manifest, load_split
 from .io import atomic_save_with, check_replaceable, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, train_dir
+from .runtime import StepCallback
 from .sample import load_trained
-from .scoring import BASELINES, CEILING_RATIO_KEYS, build_scorer
+from .scoring import BASELINES, CEILING_RATIO_KEYS, HELD_OUT, build_scorer
 from .visuals import plot_histograms, plot_trajectories, save_image_grid
 
 TRAJECTORIES = 8  # samples whose trajectories are drawn
@@ -42,15 +49,16 @@ def read_against_baselines(scores: dict, baselines: dict, metric: str) -> dict:
     return reading
 
 
-def evaluate(cfg: Config, variant: Variant) -> dict:
+def evaluate(cfg: Config, variant: Variant, callback: StepCallback | None = None) -> dict:
     """Sample ``eval.num_samples`` from the trained model; write its folder (grids, plots, samples, the full
-    ``record.json``) and its headline figures in ``metrics/evaluate/<name>.json``."""
+    ``record.json``) and its headline figures in ``metrics/evaluate/<name>.json``. ``callback(t, figures)``
+    receives the score deviation at each timestep of the first sampling pass (an MLflow curve)."""
     variant = cfg.variant(variant.distribution, variant.transform, variant.seed)
     check_replaceable(eval_dir(cfg, variant))
     model = load_trained(train_dir(cfg, variant))
     options = dataclasses.asdict(cfg.sample)
     generated = model.sample(cfg.eval.num_samples, seed=variant.seed, device=cfg.train.device,
-                             trajectories=TRAJECTORIES, **options)
+                             trajectories=copying.DEVIATION_TRAJECTORIES, **options)
     scorer = build_scorer(cfg)
     scores = scorer.score(generated.data)
     baselines = read_json(baselines_dir(cfg, variant.transform) / "record.json")
@@ -65,8 +73,25 @@ def evaluate(cfg: Config, variant: Variant) -> dict:
               **read_against_baselines(scores, baselines, champion),
               "baselines": {name: baselines[name] for name in BASELINES if baselines.get(name)},
               "latent_std": float(generated.latents.std())}
+    if scorer.kind == "image":
+        held_out = {f"{HELD_OUT}{key}": value for key, value in build_scorer(cfg, against="val").score(
+            generated.data).items() if key != "sets"}
+        reading = read_against_baselines(held_out, baselines, f"{HELD_OUT}{champion}")
+        record |= held_out | {f"{HELD_OUT}{key}": value for key, value in reading.items()}
+        record["ranked_by"] = f"{HELD_OUT}{champion}"
     traj = generated.trajectories
+    train_std = float(load_latents(cfg, variant.transform, "train").std())
+    record["deviation"] = copying.score_deviation(cfg, variant.transform, model, traj, train_std)
+    if callback is not None and "curve" in record["deviation"]:
+        found = record["deviation"]
+        for t, value in list(zip(found["timesteps"], found["curve"]))[:found["first_pass"]]:
+            callback(t, {"score_deviation": value})
     with stage_output(eval_dir(cfg, variant), "evaluate") as out:
+        reference = baselines_dir(cfg, variant.transform) / copying.REFERENCE_FILE
+        record["copying"] = copying.copying_figures(cfg, variant.transform, reference, generated.data, out,
+                                                    variant.seed)
+        if "curve" in record["deviation"]:
+            copying.plot_deviation({variant.label: record["deviation"]}, out / "deviation.png")
         write_yaml(out / "config.yaml", cfg.model_settings(variant) | {"sample": options})
         if scorer.kind == "image":
             save_image_grid(generated.data[: cfg.eval.grid_size], out / "samples.png")
@@ -77,7 +102,8 @@ def evaluate(cfg: Config, variant: Variant) -> dict:
             plot_histograms({variant.label: generated.data}, held_out, names, out / "histograms.png")
             atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(
                 tmp, generated.data, delimiter=",", header=",".join(names), comments="", fmt="%.6g"))
-        plot_trajectories(traj.trajectory, traj.denoised, traj.timesteps, out / "trajectories.png")
+        plot_trajectories([x[:TRAJECTORIES] for x in traj.trajectory], [x[:TRAJECTORIES] for x in traj.denoised],
+                          traj.timesteps, out / "trajectories.png")
         write_json(out / "record.json", record)
     write_json(metrics_file(cfg, "evaluate", variant.name), headline(record, scorer.metrics))
     return record
@@ -92,4 +118,7 @@ def headline(record: dict, metrics: list[str]) -> dict:
     figures |= {key: record[key] for key in CEILING_RATIO_KEYS if record.get(key) is not None}
     if record["beats_trivial"] is not None:
         figures["beats_trivial"] = int(record["beats_trivial"])
+    if "ranked_by" in record:
+        figures[record["ranked_by"]] = record[record["ranked_by"]]
+    figures |= {f"c_t_{space}": found["c_t"] for space, found in record.get("copying", {}).items()}
     return figures

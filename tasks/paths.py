@@ -67,9 +67,11 @@ def checkpoint_file(cfg: Config, name: str) -> Path:
     return state_dir(cfg) / "checkpoints" / f"{name}.pt"
 
 
-def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
-    """Cached Inception features of ``num_samples`` reference images of one dataset version."""
-    return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"
+def fid_reference_file(cfg: Config, content_hash: str, num_samples: int, split: str = "train") -> Path:
+    """Cached Inception features of ``num_samples`` reference images (of the training split, or ``val``) of one
+    dataset version."""
+    which = "" if split == "train" else f"{split}-"
+    return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{which}{num_samples}.npz"
 
 
 def published_manifest(cfg: Config, unit: str) -> Path:

@@ -16,14 +16,16 @@ import numpy as np
 
 from . import config
 from .config import Config, Variant
+from .copying import copying_pictures, copying_section, copying_verdict
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
-from .scoring import BASELINES, CEILING_RATIO_KEYS, format_ceiling_ratio, lower_is_better
+from .scoring import BASELINES, CEILING_RATIO_KEYS, HELD_OUT, format_ceiling_ratio, lower_is_better
 from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_training_curves
 
 BASELINE_WORDS = {"floor": "floor (real vs real)", "ceiling": "ceiling (autoencoder reconstructions)",
-                  "trivial": "trivial (Gaussian fitted to the latents)"}
+                  "trivial": "trivial (Gaussian fitted to the latents)",
+                  "copy": "copy (the optimal denoiser: returns training data)"}
 
 
 @dataclass
@@ -206,18 +208,26 @@ def _sampling(record: dict) -> str:
 
 
 def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], groups: list[Group],
-              baselines: dict[str, dict], metric: str, lines: list[str], pictures: list[str]) -> str:
+              baselines: dict[str, dict], metric: str, lines: list[str], pictures: list[str],
+              sections: list[str]) -> str:
     first = next(iter(rows.values()))
     metrics = [m for m in _METRICS if all(m in r for r in rows.values())]
-    basis = first["basis"] if first["champion_metric"] == metric else metric
+    held_out = metric.startswith(HELD_OUT) and metric not in metrics
+    metrics = [metric] * held_out + metrics
+    basis = first["basis"] if first["champion_metric"] == metric.removeprefix(HELD_OUT * held_out) else metric
     seeds = sorted({v.seed for v in rows})
+    against = (f"Ranked against the **held-out split** ({HELD_OUT}{first['champion_metric']}: "
+               f"{cfg.data.val_fraction:.0%} of the data, which neither the autoencoder, the diffusion models nor "
+               "the judge trained on; there the floor is as many training images and the ceiling their "
+               "reconstructions); the figures against the training split beside it. Against the training split "
+               "alone, a model that returned its training images would beat the floor. " if held_out else "")
     out = [f"# LogDiff comparison: {cfg.name} ({cfg.data.source})", "",
            f"{len(groups)} noise distribution x transform pairs, {len(seeds)} seed(s) each ({len(rows)} models), "
            f"each sampled {first['num_samples']} times with {_sampling(first)}.", "",
            f"Ranked by **{basis}**.", "",
-           f"Every figure, baselines included, is computed at {first['metric_sample_size']} samples against the "
-           f"same reference ({first['reference']}), with {first['confidence']:.0%} intervals: "
-           f"{_interval_basis(first)}. {_direction(metrics)}", ""]
+           f"{against}Every figure, baselines included, is computed at {first['metric_sample_size']} samples "
+           f"against the same reference ({first['reference']}, or the held-out split), with "
+           f"{first['confidence']:.0%} intervals: {_interval_basis(first)}. {_direction(metrics)}", ""]
     out += ["## Verdict", "", *lines, ""]
     out += ["## Baselines", "", "| baseline | transform | " + " | ".join(metrics) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]
@@ -228,12 +238,14 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
                 out.append(f"| {BASELINE_WORDS[name]} | {transform} | " + " | ".join(cells) + " |")
         if record.get("ceiling_note"):
             out.append(f"| ceiling | {transform} | {record['ceiling_note']} |" + " |" * (len(metrics) - 1))
+    columns = [*(m for m in metrics if m != metric), *["x ceiling (training split)"] * held_out]
     out += ["", "## Models", "",
-            "| model | seed | " + f"{metric} | beats trivial | x ceiling | " +
-            " | ".join(m for m in metrics if m != metric) + " |",
-            "| --- | ---: | ---: | :---: | ---: | " + " | ".join("---:" for m in metrics if m != metric) + " |"]
+            "| model | seed | " + f"{metric} | beats trivial | x ceiling | " + " | ".join(columns) + " |",
+            "| --- | ---: | ---: | :---: | ---: | " + " | ".join("---:" for _ in columns) + " |"]
     for variant, record in rows.items():
         others = [_with_interval(record, m) for m in metrics if m != metric]
+        if held_out:
+            others.append(format_ceiling_ratio({key: record[f"train_{key}"] for key in CEILING_RATIO_KEYS}))
         out.append(f"| {variant.label} | {variant.seed} | {_with_interval(record, metric)} | "
                    f"{_fmt(record.get('beats_trivial'))} | {format_ceiling_ratio(record)} | "
                    + " | ".join(others) + " |")
@@ -245,6 +257,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
                 for g in sorted(groups, key=lambda g: g.mean)]
     if missing:
         out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]
+    out += ["", *sections]
     out += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
     return "\n".join(out)
 
@@ -263,8 +276,11 @@ def write_report(cfg: Config) -> dict:
     baselines = {t: read_json(baselines_dir(cfg, t) / "record.json") for t in cfg.diffusion.transforms
                  if (baselines_dir(cfg, t) / "record.json").exists()}
     metric, note = common_metric(list(rows.values()), baselines)
+    records = rows
+    if all(r.get("ranked_by") == f"{HELD_OUT}{metric}" for r in rows.values()):  # images: rank on held-out
+        metric, rows = f"{HELD_OUT}{metric}", {v: reading_view(r, HELD_OUT) for v, r in rows.items()}
     groups = _groups(rows, metric)
-    lines = ([note] if note else []) + verdict(groups, baselines, metric)
+    lines = ([note] if note else []) + verdict(groups, baselines, metric) + copying_verdict(records, baselines)
     best = min(groups, key=lambda g: g.mean)
     summary = {"champion_metric": metric, "lower_is_better": lower_is_better(metric), "best": best.label,
                "verdict": lines, "baselines": baselines, "missing": [v.name for v in missing],
@@ -281,7 +297,7 @@ def write_report(cfg: Config) -> dict:
         if next(iter(rows.values()))["kind"] == "image":
             grids = {label: eval_dir(cfg, v) / "samples.png" for label, v in first_seed.items()}
             for transform in baselines:
-                for name in ("trivial", "ceiling"):
+                for name in ("trivial", "ceiling", "copy"):
                     if (picture := baselines_dir(cfg, transform) / f"{name}.png").exists():
                         grids[name] = picture
             pictures.append(plot_grids_side_by_side(grids, out / "samples.png").name)
@@ -296,8 +312,10 @@ def write_report(cfg: Config) -> dict:
             held_out = load_split(data_dir(cfg), "val").values
             names = load_manifest(data_dir(cfg)).get("feature_names") or []
             pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
+        labelled = {v.label: (eval_dir(cfg, v), r) for v, r in records.items() if v in first_seed.values()}
+        section = copying_section(labelled, baselines, copying_pictures(cfg, labelled, baselines, out))
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
-                                                       pictures))
+                                                       pictures, section))
         write_json(out / "report.json", summary)
     write_json(metrics_file(cfg, "report"), experiment_metrics(cfg, groups))
     return summary
@@ -311,6 +329,14 @@ def experiment_metrics(cfg: Config, groups: list[Group]) -> dict:
         return figures
     changed = config.overrides_between(config.load(cfg.name), cfg)
     return {"changed": " ".join(changed) or "none", **figures}
+
+
+def reading_view(record: dict, prefix: str) -> dict:
+    """A model's record read against the baselines of another reference: ``beats_trivial`` and ``x ceiling``
+    taken from its ``prefix``-ed figures (the held-out split's), its own kept as ``train_...``."""
+    keys = ("beats_trivial", *CEILING_RATIO_KEYS)
+    return (record | {f"train_{key}": record.get(key) for key in keys}
+            | {key: record.get(f"{prefix}{key}") for key in keys})
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -39,7 +39,8 @@ from .sample import TrainedModel, schedule_from
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_entropy"})
 REFERENCE_CAP = 10_000  # reference images (training split) for the statistics: enough, and bounded in time
 COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD): seconds per resample
-BASELINES = ("floor", "ceiling", "trivial")  # what every model is read against (the baselines stage)
+BASELINES = ("floor", "ceiling", "trivial", "copy")  # what every model is read against (the baselines stage)
+HELD_OUT = "held_out_"  # prefix of the figures scored against the held-out split (images; arrays always are)
 
 
 CEILING_RATIO_KEYS = ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")  # x ceiling and its interval
@@ -197,9 +198,12 @@ def inception_or_reason(cfg: Config) -> tuple[InceptionFeatures | None, str | No
         return None, str(err)
 
 
-def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None = None) -> Scorer:
+def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None = None,
+                 against: str = "train") -> Scorer:
     """The experiment's scorer: what its models, baselines and curves are measured with. ``bootstrap`` overrides
-    the config's, ``max_size`` caps the sample size (training curves use no bootstrap and fewer samples)."""
+    the config's, ``max_size`` caps the sample size (training curves use no bootstrap and fewer samples).
+    ``against="val"`` scores images against the held-out split instead of the training split (arrays are
+    always scored against held-out)."""
     train, held_out = load_split(data_dir(cfg), "train"), load_split(data_dir(cfg), "val")
     n = cfg.eval.num_samples if max_size is None else min(cfg.eval.num_samples, max_size)
     bootstrap = cfg.eval.bootstrap if bootstrap is None else bootstrap
@@ -216,8 +220,8 @@ def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None
 
     size = min(n, len(held_out.values))
     device = resolve_device(cfg.train.device)
-    reference = subset(train.values, REFERENCE_CAP, cfg.seed)
-    measures, notes = [], {"reference": f"{len(reference)} training images"}
+    reference = subset((held_out if against == "val" else train).values, REFERENCE_CAP, cfg.seed)
+    measures, notes = [], {"reference": f"{len(reference)} {'held-out' if against == 'val' else 'training'} images"}
     judge, judge_record = load_judge(cfg)
     if judge is not None:
         measures.append(_judge_measure(judge, reference, size, device))
@@ -228,7 +232,7 @@ def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None
     if extractor is not None:
         content_hash = load_manifest(data_dir(cfg))["content_hash"]
         measures.append(_inception_measure(extractor, reference_features(
-            reference, extractor, fid_reference_file(cfg, content_hash, len(reference)))))
+            reference, extractor, fid_reference_file(cfg, content_hash, len(reference), against))))
     else:
         notes["fid_unavailable"] = fid_reason
     if not measures or cfg.eval.champion_metric == "swd_mean":

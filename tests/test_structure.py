@@ -70,7 +70,8 @@ def test_the_pipeline_follows_the_stage_table():
         fan_out = "variant" if "matrix" in stages[name] else "transform" if "foreach" in stages[name] else "once"
         assert fan_out == STAGES[name].fan_out and body["cmd"].startswith(f"logdiff stage {name}"), name
     assert bodies["train"]["deps"] == ["data", "latents/${item.transform}", "classifier"]  # curves: the judge
-    assert bodies["evaluate"]["deps"] == ["data", "classifier", "baselines/${item.transform}",
+    # the copying test encodes the samples as the latents were encoded
+    assert bodies["evaluate"]["deps"] == ["data", "classifier", "latents/${item.transform}", "baselines/${item.transform}",
                                           "train/${item.distribution}-${item.transform}-${item.seed}"]
     assert bodies["report"]["deps"] == ["baselines", "train", "eval"]
     train = bodies["train"]["params"]
