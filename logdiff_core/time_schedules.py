@@ -7,11 +7,13 @@
 - ``fitted``: fitted to the trained model's own trajectories by dynamic programming (Chen et al. 2024, "On the
   Trajectory Regularity of ODE-based Diffusion Sampling"): a few warm-up trajectories are solved finely over
   ``CANDIDATES`` timesteps; the cost of a step between two of them is how far one first-order (DDIM) step lands
-  from the fine trajectory, averaged over the warm-up samples; for any number of steps the schedule is the path of
-  least total cost from the first candidate to the last (timestep 0). The fit (the candidates and their cost matrix) is stored with the model; the path is found when
+  from the fine trajectory, averaged over the warm-up samples (the last step, to clean data, lands on the model's
+  clean-data estimate, priced against the fine trajectory's end); for any number of steps the schedule is the path
+  of least total cost. The fit (the candidates and their cost matrix) is stored with the model; the path is found when
   sampling, in microseconds, for whatever number of steps is asked.
 
-Every grid is a list of distinct timesteps, descending, its first the schedule's last timestep (or a restart's).
+Every grid is a list of distinct timesteps, descending, its first the schedule's last timestep (or a restart's);
+the uniform and EDM grids end at timestep 0, the fitted one where its last step costs least.
 The models take integer timesteps, so the continuous schedules are rounded to the nearest timestep in
 log-sigma (and spread apart where rounding would merge two).
 """
@@ -71,37 +73,35 @@ def edm(abar: torch.Tensor, steps: int, start: int | None = None, rho: float = E
 @dataclass
 class FittedSchedule:
     """The fit: candidate timesteps (descending, from the schedule's last timestep to 0) and ``cost[i, j]``, the
-    mean error of one first-order step from candidate ``i`` to candidate ``j > i`` (inf otherwise), in the data's
-    units (the distance between the points ``x / sqrt(abar)``)."""
+    mean error of one first-order step from candidate ``i`` to candidate ``j > i`` (inf otherwise), column
+    ``len(candidates)`` that of the last step, from ``i`` to clean data, in the data's units (distances between
+    points ``x / sqrt(abar)``)."""
 
     candidates: list[int]
     cost: np.ndarray
 
     def grid(self, steps: int, start: int | None = None) -> list[int]:
         """The ``steps`` candidates of least total cost from the largest candidate <= ``start`` (default: the
-        first; snapped to ``start``) to 0. Like the other schedules', a grid ends at timestep 0, so that the last
-        step, to clean data, removes only the smallest noise (ending higher and jumping from there would return
-        the model's posterior mean, blurred, which a per-sample cost cannot tell from a good sample)."""
+        first; snapped to ``start``), the last step to clean data included: the path ends where that jump costs
+        least, not at timestep 0 as the uniform and EDM grids do, whose last evaluation (at sigma 0.01) moves the
+        samples by nothing measurable (docs/sampling.md)."""
         m = len(self.candidates)
         first = 0 if start is None else next((i for i, t in enumerate(self.candidates) if t <= start), m - 1)
         if steps > m - first:
             raise ValueError(f"the fitted time schedule has {m - first} candidate timesteps from "
                              f"{self.candidates[first]} down; ask for at most that many steps, got {steps}")
-        path = [first]
-        if steps > 1:
-            # best[j]: least cost of reaching candidate j from `first` in k steps; parents[k][j]: from where
-            best = np.full(m, np.inf)
-            best[first] = 0.0
-            parents = []
-            for _ in range(steps - 1):
-                totals = best[:, None] + self.cost  # from i (rows) to j (columns)
-                parents.append(totals.argmin(axis=0))
-                best = totals.min(axis=0)
-            path = [m - 1]
-            for parent in reversed(parents):
-                path.append(int(parent[path[-1]]))
-            path.reverse()
-        grid = [self.candidates[i] for i in path]
+        # best[j]: least cost of reaching candidate j from `first` in k steps; parents[k][j]: from where
+        best = np.full(m, np.inf)
+        best[first] = 0.0
+        parents = []
+        for _ in range(steps - 1):
+            totals = best[:, None] + self.cost[:, :m]  # from i (rows) to j (columns)
+            parents.append(totals.argmin(axis=0))
+            best = totals.min(axis=0)
+        path = [int(np.argmin(best + self.cost[:, m]))]
+        for parent in reversed(parents):
+            path.append(int(parent[path[-1]]))
+        grid = [self.candidates[i] for i in reversed(path)]
         return [grid[0] if start is None else start, *grid[1:]]
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -126,15 +126,17 @@ def fit(model, schedule: Schedule, noise: NoiseDistribution, shape: tuple[int, .
                           generator=generator, device=device, return_trajectories=True)
     points = torch.stack(run.trajectory[:-1]).double().flatten(2)  # [M, samples, D]: x at each candidate
     estimates = torch.stack(run.denoised).double().flatten(2)  # x0_hat there
+    final = run.trajectory[-1].double().flatten(1)
     a = torch.tensor([float(abar[t]) for t in grid], dtype=torch.float64)
     alpha, sigma = a.sqrt()[:, None, None], (1 - a).sqrt()[:, None, None]
     eps = (points - alpha * estimates) / sigma
     m = len(grid)
-    cost = np.full((m, m), np.inf)
-    for i in range(m - 1):
+    cost = np.full((m, m + 1), np.inf)
+    for i in range(m):
         later = slice(i + 1, m)
         landed = alpha[later] * estimates[i] + sigma[later] * eps[i]  # DDIM from candidate i to each later one
         cost[i, later] = ((landed - points[later]) / alpha[later]).norm(dim=2).mean(dim=1).numpy()
+        cost[i, m] = float((estimates[i] - final).norm(dim=1).mean())  # to clean data: x0_hat itself
     return FittedSchedule(grid, cost)
 
 

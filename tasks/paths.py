@@ -69,3 +69,8 @@ def checkpoint_file(cfg: Config, name: str) -> Path:
 def fid_reference_file(cfg: Config, content_hash: str, num_samples: int) -> Path:
     """Cached Inception features of ``num_samples`` reference images of one dataset version."""
     return state_dir(cfg) / "cache" / f"fid-reference-{content_hash[:16]}-{num_samples}.npz"
+
+
+def frontier_dir(cfg: Config) -> Path:
+    """``logdiff frontier``'s measurements of the trained models (not a pipeline stage: an opt-in command)."""
+    return cfg.work / "frontier"

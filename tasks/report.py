@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import Config, Variant
 from .data import load_manifest, load_split
+from .frontier import report_section
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
 from .scoring import BASELINES, CEILING_RATIO_KEYS, format_ceiling_ratio, lower_is_better
@@ -196,11 +197,13 @@ def _groups(rows: dict[Variant, dict], metric: str) -> list[Group]:
 
 def _sampling(record: dict) -> str:
     """How an evaluation record's samples were drawn, in words."""
-    words = f"{record['sampler']} ({record['steps']} steps"
+    words = f"{record['sampler']} ({record['steps']} steps, {record.get('time_schedule', 'uniform')} time schedule"
     if record.get("restarts"):
         times = "once" if record["restarts"] == 1 else f"{record['restarts']} times"
         words += (f", then {times} noised to t = {record['restart_t']} and sampled back in {record['restart_steps']} "
                   "steps")
+    if "evaluations_per_sample" in record:
+        words += f"; {record['evaluations_per_sample']} network evaluations per sample"
     return words + ")"
 
 
@@ -296,7 +299,7 @@ def write_report(cfg: Config) -> dict:
             names = load_manifest(data_dir(cfg)).get("feature_names") or []
             pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
-                                                       pictures))
+                                                       pictures) + report_section(cfg, out))
         write_json(out / "report.json", summary)
     write_json(metrics_file(cfg, "report"), {g.label: g.mean for g in groups})
     return summary

@@ -82,24 +82,27 @@ def test_edm_grid_is_rho_spaced_and_every_grid_ends_at_zero():
 def test_the_fitted_path_is_the_cheapest_and_starts_where_asked():
     rng = np.random.default_rng(0)
     m = 9
-    cost = np.triu(rng.uniform(0.1, 1.0, (m, m)), 1)
+    cost = np.triu(rng.uniform(0.1, 1.0, (m, m + 1)), 1)  # the last column: the step to clean data
     cost[cost == 0] = np.inf
+    cost[:, m] = rng.uniform(0.1, 1.0, m)
     fitted = time_schedules.FittedSchedule([800 - 100 * i for i in range(m)], cost)
-    for steps in (2, 3, 5):
-        middles = itertools.combinations(range(1, m - 1), steps - 2)
-        best = min(([0, *mid, m - 1] for mid in middles), key=lambda p: sum(cost[a, b] for a, b in zip(p, p[1:])))
+    for steps in (1, 2, 3, 5):
+        paths = ([0, *rest] for rest in itertools.combinations(range(1, m), steps - 1))
+        best = min(paths, key=lambda p: sum(cost[a, b] for a, b in zip(p, p[1:])) + cost[p[-1], m])
         assert fitted.grid(steps) == [fitted.candidates[i] for i in best]
-    assert fitted.grid(1) == [800] and fitted.grid(3, start=450)[0] == 450 and fitted.grid(3, start=450)[-1] == 0
+    restart = fitted.grid(3, start=450)
+    assert restart[0] == 450 and min(restart[1:]) >= 0 and max(restart[1:]) < 400
     with pytest.raises(ValueError, match="has 9 candidate timesteps from 800 down"):
         fitted.grid(10)
 
 
 def test_the_fitted_schedule_beats_uniform_and_edm_at_few_steps():
     """Fitted to 256 warm-up trajectories of the exact denoiser, the schedule's five steps land nearer the
-    fine solution than the uniform or EDM ones, with DDIM (whose steps it prices) and UniPC (measured: DDIM 0.22
-    against 0.32 and 0.46; UniPC 0.08 against 0.27 and 0.37)."""
+    fine solution than the uniform or EDM ones, with DDIM (whose steps it prices) and UniPC (measured: DDIM 0.19
+    against 0.32 and 0.46; UniPC 0.07 against 0.28 and 0.38)."""
     fitted = time_schedules.fit(mixture_denoiser, SCHEDULE, noise.get("gaussian"), (1,), seed=1)
     assert fitted.candidates[0] == 999 and fitted.candidates[-1] == 0 and np.isinf(fitted.cost[3, 2])
+    assert np.isfinite(fitted.cost[:, -1]).all()  # the step to clean data, from anywhere
     fine = samplers.sample(mixture_denoiser, SCHEDULE, noise.get("gaussian"), X_T.shape, sampler="dpmpp3m",
                            steps=time_schedules.edm(ABAR, 500), x_T=X_T).samples
 
