@@ -176,30 +176,36 @@ def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, lis
 def plot_frontier(result: dict, path: str | Path) -> Path:
     """The NFE-quality frontier (``tasks.frontier``): one row of panels per model, one panel per time schedule, the
     metric against network evaluations with one line per sampler and its intervals as error bars; the references
-    as horizontal lines (their intervals shaded), the floor and ceiling as in the ranking plot."""
+    as horizontal lines (their intervals shaded), the floor and ceiling as in the ranking plot. The y range ends
+    at twice the last reference's score (or above the other reference): a point above it is drawn at the top as
+    a triangle."""
     metric = result["metric"]
     rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     schedules = list(dict.fromkeys(r["time_schedule"] for r in rows if r["reference"] is None))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows if r["reference"] is None))
     fig, axes = plt.subplots(len(models), len(schedules), figsize=(4.2 * len(schedules), 3.2 * len(models)),
-                             squeeze=False, sharex=True, sharey=True)
+                             squeeze=False, sharex=True, sharey="row")
     reference_styles = [("0.25", "--"), ("C7", ":")]
     for m, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model]
+        references = [r for r in mine if r["reference"]]
         baselines = result["baselines"][result["models"][model]["variant"][1]]
         floor, ceiling = baselines["floor"][metric], (baselines.get("ceiling") or {}).get(metric)
+        top = max([2 * references[-1][metric]] + [1.1 * r[metric] for r in references])
         for c, schedule in enumerate(schedules):
             ax = axes[m][c]
             for i, sampler in enumerate(samplers):
                 line = sorted((r for r in mine if r["reference"] is None and r["sampler"] == sampler
                                and r["time_schedule"] == schedule), key=lambda r: r["evaluations"])
+                x = np.array([r["evaluations"] * (1 + 0.025 * (i - 2)) for r in line])  # side by side
                 values = np.array([r[metric] for r in line])
                 errors = np.array([[r[metric] - r.get(f"{metric}_low", r[metric]) for r in line],
                                    [r.get(f"{metric}_high", r[metric]) - r[metric] for r in line]])
-                ax.errorbar([r["evaluations"] * (1 + 0.02 * (i - 2)) for r in line], values, yerr=errors,
-                            marker="o", markersize=3, capsize=2, label=sampler, color=f"C{i}")
-            for (colour, style), ref in zip(reference_styles, [r for r in mine if r["reference"]]):
+                ax.errorbar(x, np.minimum(values, top), yerr=np.where(values > top, 0, errors), marker="o",
+                            markersize=3, capsize=2, label=sampler, color=f"C{i}")
+                ax.scatter(x[values > top], np.full((values > top).sum(), top), marker="^", color=f"C{i}", s=30)
+            for (colour, style), ref in zip(reference_styles, references):
                 ax.axhline(ref[metric], color=colour, linestyle=style,
                            label=f"{ref['reference']} ({ref['evaluations']} evals)")
                 if f"{metric}_low" in ref:
@@ -208,10 +214,10 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
             if ceiling is not None:
                 ax.axhline(ceiling, color="C2", linewidth=0.8, linestyle="-.", label="ceiling")
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            ax.set_ylim(0.9 * floor, 1.03 * top)
             ax.set_xticks(result["evaluations"], [str(e) for e in result["evaluations"]])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.grid(alpha=0.3, which="both")
+            ax.grid(alpha=0.3)
             ax.set_title(f"{mine[0]['label']}, {schedule} time schedule", fontsize=9)
             if m == len(models) - 1:
                 ax.set_xlabel("network evaluations per sample")
