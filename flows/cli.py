@@ -21,6 +21,7 @@ examples:
   logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
   logdiff tracking-server --artifacts s3://bucket/mlartifacts   # for a Ray cluster (docs/cluster.md)
   logdiff sample --model models:/ngldm-digits-laplace@champion -n 64 -o grid.png
+  logdiff frontier                             # after logdiff run: quality against network evaluations
   logdiff stage train --distribution laplace   # one stage from params.yaml (what dvc repro runs)
   logdiff pipeline wine                        # write a preset's DVC pipeline, to run with dvc repro
   logdiff config cifar10 train.steps=10        # print the resolved, validated config
@@ -76,14 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("-o", "--output", default="samples.png",
                         help="output: .png grid for images; .csv or .parquet for array data")
-    sample.add_argument("--sampler", default=None, help="ddpm, ddim or heun (default: the model's config)")
+    sample.add_argument("--sampler", default=None, help="ddpm, ddim, heun, dpmpp2m, dpmpp3m or unipc (default: the "
+                                                        "model's config)")
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's config)")
+    sample.add_argument("--time-schedule", default=None, help="uniform, edm or fitted (default: the model's config)")
+    sample.add_argument("--option", action="append", metavar="key=value",
+                        help="a sampler option, e.g. --option eta=1.0 for ddim (repeatable; default: the model's "
+                             "config when the sampler is its own)")
     sample.add_argument("--restarts", type=int, default=None,
                         help="times to noise the samples to sample.restart_t and sample back (default: the model's "
                              "config; 0: none)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
     sample.add_argument("--project-dir", default=".", help="where mlflow.db lives (unless MLFLOW_TRACKING_URI)")
+
+    frontier = sub.add_parser("frontier", help="sample quality against network evaluations, per sampler and time "
+                                               "schedule, for the trained models of an experiment (after logdiff run; "
+                                               "minutes): frontier/, the report's section, MLflow")
+    _add_preset_args(frontier)
+    frontier.add_argument("--distribution", nargs="+", help="only these noise distributions' models (default: all)")
+    frontier.add_argument("--samplers", nargs="+", help="default: ddim heun dpmpp2m dpmpp3m unipc")
+    frontier.add_argument("--time-schedules", nargs="+", help="default: uniform edm fitted")
+    frontier.add_argument("--evaluations", nargs="+", type=int, help="network evaluations per sample (default: 5 10 "
+                                                                     "20 50)")
+    frontier.add_argument("--num-samples", type=int, help="samples per setting (default: eval.num_samples)")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the project's store")
     ui.add_argument("--port", type=int, default=5000)
@@ -150,9 +167,23 @@ def _pipeline(args) -> None:
 def _sample(args) -> None:
     from flows.sampling import sample_to_file
 
-    path = sample_to_file(args.model, args.n, args.output, sampler=args.sampler, steps=args.steps,
-                          restarts=args.restarts, seed=args.seed, device=args.device, project_dir=args.project_dir)
+    from tasks.config import parse_override
+
+    options = None if args.option is None else dict((".".join(key), value) for key, value in map(parse_override,
+                                                                                                  args.option))
+    path = sample_to_file(args.model, args.n, args.output, sampler=args.sampler, steps=args.steps, options=options,
+                          time_schedule=args.time_schedule, restarts=args.restarts, seed=args.seed,
+                          device=args.device, project_dir=args.project_dir)
     print(f"wrote {path}")
+
+
+def _frontier(args) -> None:
+    from flows.frontier import frontier_command
+
+    folder, summary = frontier_command(args.preset, args.overrides, args.project_dir, args.distribution,
+                                       args.samplers, args.time_schedules, args.evaluations, args.num_samples)
+    print("\n".join(summary))
+    print(f"wrote {folder}: frontier.md (every setting), frontier.png, frontier.json")
 
 
 def _run(args) -> int:
@@ -209,7 +240,7 @@ def _tracking_server(args) -> None:
 
 
 COMMANDS = {"stage": _stage, "pipeline": _pipeline, "sample": _sample, "run": _run, "serve": _serve, "ui": _ui,
-            "config": _config, "tracking-server": _tracking_server}
+            "config": _config, "tracking-server": _tracking_server, "frontier": _frontier}
 
 
 def _one_line(error: BaseException) -> str:

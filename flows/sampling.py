@@ -26,8 +26,8 @@ def load_any(model: str, project_dir: str | Path = "."):
 
 
 def sample_to_file(model: str, n: int, output: str | Path, *, sampler: str | None = None, steps: int | None = None,
-                   restarts: int | None = None, seed: int = 0, device: str = "auto",
-                   project_dir: str | Path = ".") -> Path:
+                   options: dict | None = None, time_schedule: str | None = None, restarts: int | None = None,
+                   seed: int = 0, device: str = "auto", project_dir: str | Path = ".") -> Path:
     from tasks.io import atomic_save_with
     from tasks.visuals import save_image_grid
 
@@ -39,7 +39,8 @@ def sample_to_file(model: str, n: int, output: str | Path, *, sampler: str | Non
     allowed = IMAGE_SUFFIXES if kind == "image" else ARRAY_SUFFIXES
     if output.suffix.lower() not in allowed:
         raise ValueError(f"-o {output}: a model of {kind} data writes {' or '.join(allowed)} files")
-    samples = trained.generate(n, sampler=sampler, steps=steps, restarts=restarts, seed=seed, device=device)
+    samples = trained.generate(n, sampler=sampler, steps=steps, options=options, time_schedule=time_schedule,
+                               restarts=restarts, seed=seed, device=device)
     if kind == "image":
         return save_image_grid(samples, output)
     import pandas as pd

@@ -54,7 +54,7 @@ MODEL_NAME = "model"  # the logged model's name inside its run
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "logdiff"]
 INPUT_SCHEMA = Schema([ColSpec("long", "n"), ColSpec("long", "seed", required=False),
                        ColSpec("string", "sampler", required=False), ColSpec("long", "steps", required=False),
-                       ColSpec("long", "restarts", required=False)])
+                       ColSpec("string", "time_schedule", required=False), ColSpec("long", "restarts", required=False)])
 # Shown in the UI as the input format; MLflow also checks at log time that the logged model loads and predicts it.
 INPUT_EXAMPLE = pd.DataFrame({"n": [1], "steps": [1]})
 
@@ -73,14 +73,16 @@ def configured(project_dir: str | Path) -> bool:
 
 
 @contextmanager
-def standalone_stage_run(cfg: Config, project_dir: str | Path, name: str, params: dict) -> Iterator[str | None]:
-    """A run for a stage started outside the flow (``dvc repro``, ``dvc exp run``), when the project tracks: in
-    the experiment's MLflow experiment, tagged with what started it. Yields its id, or None without a store."""
+def standalone_stage_run(cfg: Config, project_dir: str | Path, name: str, params: dict,
+                         started_by: str = "logdiff stage (dvc)") -> Iterator[str | None]:
+    """A run for a stage started outside the flow (``dvc repro``, ``dvc exp run``; or ``logdiff frontier``), when
+    the project tracks: in the experiment's MLflow experiment, tagged with what started it. Yields its id, or None
+    without a store."""
     if not configured(project_dir):
         yield None
         return
     experiment_id = setup(cfg.name, project_dir)
-    with _run(experiment_id, name, {"logdiff.started_by": "logdiff stage (dvc)"}) as run_id:
+    with _run(experiment_id, name, {"logdiff.started_by": started_by}) as run_id:
         _log_params(MlflowClient(), run_id, params)
         yield run_id
 
@@ -295,8 +297,8 @@ class NGLDMSampler:
     """A LogDiff model file as an MLflow pyfunc model.
 
     Input: a DataFrame, one request per row: ``n`` (samples to draw) and optional ``seed`` (default 0),
-    ``sampler``, ``steps`` and ``restarts`` (default: the model's config). Output: the samples of all rows in row
-    order, as a DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a
+    ``sampler``, ``steps``, ``time_schedule`` and ``restarts`` (default: the model's config). Output: the samples
+    of all rows in row order, as a DataFrame with float columns ``x0 .. x{F-1}`` for array data, or one column ``image`` holding a
     uint8 [C, H, W] array per sample for image data (``np.stack(df["image"])`` gives the batch back).
     """
 
@@ -311,7 +313,7 @@ class NGLDMSampler:
         given = {key: value for key, value in request.items() if value is not None and not pd.isna(value)}
         counts = {key: int(given[key]) for key in ("steps", "restarts") if key in given}
         return self.trained.generate(int(given["n"]), seed=int(given.get("seed", 0)), sampler=given.get("sampler"),
-                                     progress=False, **counts)
+                                     time_schedule=given.get("time_schedule"), progress=False, **counts)
 
     def _frame(self, samples: np.ndarray) -> pd.DataFrame:
         if self.trained.codec.kind == "image":

@@ -1,25 +1,30 @@
-"""Samplers: DDPM ancestral, DDIM (eta) and a second-order probability-flow ODE sampler (Heun), each with an
-optional Langevin corrector, optional restarts, any number of steps <= T, and optional sampling and denoising
-trajectories.
+"""Samplers: DDPM ancestral, DDIM (eta), a second-order probability-flow ODE sampler (Heun) and the multistep
+solvers DPM-Solver++(2M), (3M) and UniPC (``solvers.py``), each with an optional Langevin corrector, optional
+restarts, any number of steps <= T (or any grid of timesteps), and optional sampling and denoising trajectories.
 
 Every random draw (``x_T``, ancestral noise, corrector noise) comes from the injected noise distribution; no
-sampler calls ``torch.randn``. A sampler is one step function registered in ``_STEPS``: it maps ``x`` at grid
+sampler calls ``torch.randn``. A sampler is one entry of ``SAMPLERS``: a step function, the options it takes (the
+config's ``sample.options``, with their defaults) and its network evaluations per step. A step maps ``x`` at grid
 timestep ``t`` to the next grid timestep ``s`` (``s = -1``: clean data) and returns the new point and the
-model's current clean-data estimate ``x0_hat`` (the denoising trajectory of Chen et al.).
+model's current clean-data estimate ``x0_hat`` (the denoising trajectory of Chen et al.); it may keep what it needs
+across the steps of one pass in ``ctx.state`` (the multistep solvers of ``solvers.py`` keep earlier estimates).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import solvers
 from .noise import NoiseDistribution
 from .schedules import Schedule
+from .streams import SampleStreams
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -29,13 +34,16 @@ class StepContext:
     eps_fn: EpsFn
     abar: torch.Tensor  # float64 alpha_bars on the sampling device
     noise: NoiseDistribution
-    generator: torch.Generator | None
+    generator: torch.Generator | SampleStreams | None  # SampleStreams: each sample's draws from its own stream
     options: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # what a step keeps across one pass; emptied when a pass starts
 
     def abar_at(self, t: int) -> float:
         return 1.0 if t < 0 else float(self.abar[t])
 
     def draw(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.generator, SampleStreams):
+            return self.generator.draw(self.noise, x.shape, x.dtype)
         return self.noise.sample_like(x, generator=self.generator)
 
 
@@ -52,7 +60,7 @@ def ddpm_step(ctx: StepContext, x, t, s):
     eps = ctx.eps_fn(x, t)
     mean = (x - beta / math.sqrt(1 - abar_t) * eps) / math.sqrt(alpha)
     if s >= 0:
-        variance = beta if ctx.options.get("variance", "beta") == "beta" else beta * (1 - abar_s) / (1 - abar_t)
+        variance = beta if ctx.options["variance"] == "beta" else beta * (1 - abar_s) / (1 - abar_t)
         mean = mean + math.sqrt(variance) * ctx.draw(x)
     return mean, _x0_hat(x, eps, abar_t)
 
@@ -62,7 +70,7 @@ def ddim_step(ctx: StepContext, x, t, s):
     abar_t, abar_s = ctx.abar_at(t), ctx.abar_at(s)
     eps = ctx.eps_fn(x, t)
     x0 = _x0_hat(x, eps, abar_t)
-    eta = ctx.options.get("eta", 0.0)
+    eta = ctx.options["eta"]
     sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
     x_next = math.sqrt(abar_s) * x0 + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * eps
     if sigma > 0:
@@ -104,25 +112,80 @@ def heun_step(ctx: StepContext, x, t, s):
     return (y_euler + w * (x0_next - x0)) * math.sqrt(1 - abar_s), x0
 
 
-_STEPS: dict[str, Callable] = {"ddpm": ddpm_step, "ddim": ddim_step, "heun": heun_step}
+class Option(NamedTuple):
+    """A sampler option: its default and the values it may take (``choices``, or the range ``low .. high``)."""
+
+    default: Any
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+
+    def check(self, sampler: str, name: str, value: Any) -> Any:
+        wrong = f"sample.options.{name}: {value!r} is not valid for sampler {sampler}; "
+        if self.choices:
+            if value not in self.choices or type(value) is not type(self.default):
+                raise ValueError(wrong + f"choose one of: {', '.join(map(str, self.choices))}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                (self.low is None or value >= self.low) and (self.high is None or value <= self.high)):
+            raise ValueError(wrong + f"it takes a number in [{self.low}, {self.high}]")
+        return type(self.default)(value)
+
+
+class Sampler(NamedTuple):
+    step: Callable  # (ctx, x, t, s) -> (x_next, x0_hat)
+    options: dict[str, Option]  # what sample.options may set for it
+    evaluations_per_step: int = 1  # network evaluations of a step (the last, to clean data, takes one)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(ddpm_step, {"variance": Option("beta", ("beta", "posterior"))}),
+    "ddim": Sampler(ddim_step, {"eta": Option(0.0, low=0.0, high=1.0)}),
+    "heun": Sampler(heun_step, {}, evaluations_per_step=2),
+    "dpmpp2m": Sampler(partial(solvers.dpmpp_step, order=2), {}),
+    "dpmpp3m": Sampler(partial(solvers.dpmpp_step, order=3), {}),
+    "unipc": Sampler(solvers.unipc_step, {"order": Option(2, (1, 2, 3)), "corrector": Option(True, (True, False))}),
+}
 
 
 def names() -> list[str]:
-    return sorted(_STEPS)
+    return sorted(SAMPLERS)
+
+
+def check_sampler(sampler: str, options: dict | None = None) -> dict:
+    """``sampler``'s options: its defaults updated with ``options``, each checked; a one-line ValueError naming
+    the sampler's options for an unknown sampler or option, or a value it does not take."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(names())}")
+    known = SAMPLERS[sampler].options
+    for name in options or {}:
+        if name not in known:
+            takes = ", ".join(known) or "no options"
+            raise ValueError(f"sample.options: sampler {sampler} has no option {name!r}; it takes {takes}")
+    return {name: option.check(sampler, name, (options or {}).get(name, option.default))
+            for name, option in known.items()}
+
+
+def steps_for(sampler: str, evaluations: int) -> int:
+    """The most steps of ``sampler`` within ``evaluations`` network evaluations per sample (at least one)."""
+    per_step = SAMPLERS[sampler].evaluations_per_step
+    return max(1, (evaluations + per_step - 1) // per_step)
 
 
 def langevin_correct(ctx: StepContext, x, t, n_steps: int, snr: float):
     """Langevin corrector ``x <- x + (delta/2) score + sqrt(delta) z`` with ``score = -eps / sqrt(1 - abar_t)``
-    and the step size set from the target signal-to-noise ratio (Song et al.'s predictor-corrector sampler)."""
+    and the step size set from the target signal-to-noise ratio (Song et al.'s predictor-corrector sampler).
+
+    Song et al. set ``delta = 2 alpha (snr |z| / |score|)^2`` from the batch's mean norms, which made a sample
+    depend on the others in its batch; here the norms are their expectations for unit-variance noise, ``|z|^2 =
+    d`` and ``|score|^2 = d / (1 - abar_t)`` (per-sample norms instead blow up where a low-dimensional score
+    nears 0)."""
     abar_t = ctx.abar_at(t)
     alpha_t = abar_t / ctx.abar_at(t - 1)
+    step_size = 2 * alpha_t * snr**2 * (1 - abar_t)  # = delta / 2
     for _ in range(n_steps):
         score = -ctx.eps_fn(x, t) / math.sqrt(1 - abar_t)
-        z = ctx.draw(x)
-        score_norm = score.flatten(1).norm(dim=1).mean()
-        z_norm = z.flatten(1).norm(dim=1).mean()
-        step_size = 2 * alpha_t * (snr * z_norm / score_norm.clamp_min(1e-12)) ** 2  # = delta / 2
-        x = x + step_size * score + (2 * step_size).sqrt() * z
+        x = x + step_size * score + math.sqrt(2 * step_size) * ctx.draw(x)
     return x
 
 
@@ -147,14 +210,25 @@ class SampleResult:
     denoised: list[torch.Tensor] | None = None  # x0_hat at each step (CPU)
 
 
+def _checked_grid(grid: Sequence[int], top: int, what: str) -> list[int]:
+    """A grid given as timesteps: distinct, descending, from ``top`` down; a one-line ValueError otherwise."""
+    grid = [int(t) for t in grid]
+    if not grid or grid[0] != top or grid[-1] < 0 or any(a <= b for a, b in zip(grid, grid[1:])):
+        raise ValueError(f"{what} must be distinct timesteps descending from {top} to >= 0, got {grid}")
+    return grid
+
+
 @torch.no_grad()
 def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistribution, shape, *,
-           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta",
+           sampler: str = "ddim", steps: int | Sequence[int] = 50, options: dict | None = None,
            langevin_steps: int = 0, langevin_snr: float = 0.16, restarts: int = 0, restart_t: int = 200,
-           restart_steps: int = 10, generator: torch.Generator | None = None, device=None,
-           x_T: torch.Tensor | None = None, return_trajectories: bool = False, progress: bool = False) -> SampleResult:
-    """Draw ``shape`` samples by running ``sampler`` over ``steps`` grid timesteps, then ``restarts`` times: noise
-    the samples to ``restart_t`` and run ``sampler`` back over ``restart_steps`` grid timesteps.
+           restart_steps: int | Sequence[int] = 10, generator: torch.Generator | SampleStreams | None = None,
+           device=None, x_T: torch.Tensor | None = None, return_trajectories: bool = False,
+           progress: bool = False) -> SampleResult:
+    """Draw ``shape`` samples by running ``sampler`` (with ``options``, see ``SAMPLERS``) over ``steps`` grid
+    timesteps, then ``restarts`` times: noise the samples to ``restart_t`` and run ``sampler`` back over
+    ``restart_steps`` grid timesteps. A number of steps is spaced evenly (``timestep_grid``); a list of timesteps
+    is the grid itself (``time_schedules`` makes them), a restart's starting at ``restart_t``.
 
     ``model(x, t)`` predicts the noise for a batch ``x`` at integer timesteps ``t`` (shape [B]).
 
@@ -164,18 +238,19 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
     shrinks the gap between the sampled and the data distribution; the short way back adds less error than the
     whole way from ``T``.
     """
-    if sampler not in _STEPS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(names())}")
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    options = check_sampler(sampler, options)
     if restarts < 0:
         raise ValueError(f"restarts must be >= 0, got {restarts}")
     if restarts and not 0 <= restart_t < schedule.timesteps:
         raise ValueError(f"restart_t must be in 0..{schedule.timesteps - 1} (a timestep of the schedule), "
                          f"got {restart_t}")
-    if restarts and not 1 <= restart_steps <= restart_t + 1:
+    if restarts and isinstance(restart_steps, int) and not 1 <= restart_steps <= restart_t + 1:
         raise ValueError(f"restart_steps must be in 1..{restart_t + 1} (restart_t + 1), got {restart_steps}")
-    restart_grid = timestep_grid(restart_t + 1, restart_steps) if restarts else []
+    grid = (timestep_grid(schedule.timesteps, steps) if isinstance(steps, int)
+            else _checked_grid(steps, schedule.timesteps - 1, "steps"))
+    restart_grid = [] if not restarts else (timestep_grid(restart_t + 1, restart_steps)
+                                            if isinstance(restart_steps, int)
+                                            else _checked_grid(restart_steps, restart_t, "restart_steps"))
     device = torch.device(device) if device is not None else schedule.alpha_bars64.device
     evaluations = 0
 
@@ -185,15 +260,15 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return model(x, t_batch).to(x.dtype)
 
-    ctx = StepContext(eps_fn, schedule.alpha_bars64.to(device), noise, generator, {"eta": eta, "variance": variance})
-    x = x_T.to(device) if x_T is not None else noise.sample(tuple(shape), generator=generator, device=device,
-                                                            dtype=torch.float32)
-    grids = [timestep_grid(schedule.timesteps, steps)] + [restart_grid] * restarts
+    ctx = StepContext(eps_fn, schedule.alpha_bars64.to(device), noise, generator, options)
+    x = x_T.to(device) if x_T is not None else ctx.draw(torch.empty(tuple(shape), device=device))
+    grids = [grid] + [restart_grid] * restarts
     trajectory = [] if return_trajectories else None
     denoised = [] if return_trajectories else None
-    step = _STEPS[sampler]
+    step = SAMPLERS[sampler].step
     bar = tqdm(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
     for i, grid in enumerate(grids):
+        ctx.state = {}
         if i:  # a restart: the clean samples noised afresh to the grid's first timestep
             abar = ctx.abar_at(grid[0])
             x = math.sqrt(abar) * x + math.sqrt(1 - abar) * ctx.draw(x)

@@ -172,9 +172,10 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm | ddim | heun
+    sampler: str = "ddim"  # ddpm | ddim | heun | dpmpp2m | dpmpp3m | unipc
     steps: int = 50
-    eta: float = 0.0  # ddim only
+    options: dict[str, Any] = field(default_factory=dict)  # the sampler's own options, e.g. {eta: 1.0} for ddim
+    time_schedule: str = "uniform"  # uniform | edm | fitted: which timesteps the steps visit
     langevin_steps: int = 0  # Langevin corrector steps after each predictor step
     langevin_snr: float = 0.16
     restarts: int = 0  # then noise the samples to restart_t and sample back, this many times
@@ -182,8 +183,10 @@ class SampleConfig:
     restart_steps: int = 10
     batch_size: int = 256
 
-    _choices = {"sampler": _registry("logdiff_core.samplers", "names")}
-    _ranges = {"steps": COUNT, "eta": Range(0, 1), "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
+    _choices = {"sampler": _registry("logdiff_core.samplers", "names"),
+                "time_schedule": _registry("logdiff_core.time_schedules", "NAMES")}
+    _moved = {"eta": "sample.options={eta: ...}"}  # keys that moved: their new place, for the error message
+    _ranges = {"steps": COUNT, "langevin_steps": NON_NEGATIVE, "langevin_snr": POSITIVE,
                "restarts": NON_NEGATIVE, "restart_t": NON_NEGATIVE, "restart_steps": COUNT, "batch_size": COUNT}
 
 
@@ -379,6 +382,8 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = f"{prefix}{unknown[0]}"
+        if unknown[0] in getattr(cls, "_moved", {}):
+            raise ConfigError(f"config key '{key}' moved: write {cls._moved[unknown[0]]}")
         raise ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in raw.items():
@@ -405,7 +410,7 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
 
 def _validate(cfg: Config) -> None:
     """Checks across keys, and the names only the core's registries know; the first problem is the error."""
-    from logdiff_core import noise, transforms
+    from logdiff_core import noise, samplers, transforms
     from logdiff_core.schedules import make_betas
 
     from tasks.sources import SOURCES
@@ -431,6 +436,10 @@ def _validate(cfg: Config) -> None:
                    cfg.diffusion.power)
     except ValueError as err:
         raise ConfigError(f"diffusion: {err}") from None
+    try:
+        samplers.check_sampler(cfg.sample.sampler, cfg.sample.options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: {cfg.sample.steps} exceeds diffusion.timesteps ({cfg.diffusion.timesteps})")
     if cfg.sample.restarts and cfg.sample.restart_t >= cfg.diffusion.timesteps:

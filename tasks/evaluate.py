@@ -68,7 +68,8 @@ def evaluate(cfg: Config, variant: Variant, callback: StepCallback | None = None
                          f"{scorer.size}; rerun the baselines stage (logdiff run, or dvc repro)")
     champion = scorer.champion
     record = {"distribution": variant.distribution, "transform": variant.transform, "seed": variant.seed,
-              "kind": scorer.kind, "num_samples": cfg.eval.num_samples, **options, **scorer.describe(),
+              "kind": scorer.kind, "num_samples": cfg.eval.num_samples, **options,
+              "evaluations_per_sample": generated.evaluations, **scorer.describe(),
               **scores, "champion_score": scores[champion],
               **read_against_baselines(scores, baselines, champion),
               "baselines": {name: baselines[name] for name in BASELINES if baselines.get(name)},
@@ -103,7 +104,7 @@ def evaluate(cfg: Config, variant: Variant, callback: StepCallback | None = None
             atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(
                 tmp, generated.data, delimiter=",", header=",".join(names), comments="", fmt="%.6g"))
         plot_trajectories([x[:TRAJECTORIES] for x in traj.trajectory], [x[:TRAJECTORIES] for x in traj.denoised],
-                          traj.timesteps, out / "trajectories.png")
+                          traj.timesteps, out / "trajectories.png", model.schedule.alpha_bars64)
         write_json(out / "record.json", record)
     write_json(metrics_file(cfg, "evaluate", variant.name), headline(record, scorer.metrics))
     return record

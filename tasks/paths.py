@@ -67,6 +67,11 @@ def checkpoint_file(cfg: Config, name: str) -> Path:
     return state_dir(cfg) / "checkpoints" / f"{name}.pt"
 
 
+def frontier_dir(cfg: Config) -> Path:
+    """``logdiff frontier``'s measurements of the trained models (not a pipeline stage: an opt-in command)."""
+    return cfg.work / "frontier"
+
+
 def fid_reference_file(cfg: Config, content_hash: str, num_samples: int, split: str = "train") -> Path:
     """Cached Inception features of ``num_samples`` reference images (of the training split, or ``val``) of one
     dataset version."""

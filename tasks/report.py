@@ -18,6 +18,7 @@ from . import config
 from .config import Config, Variant
 from .copying import copying_pictures, copying_section, copying_verdict
 from .data import load_manifest, load_split
+from .frontier import report_section
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
 from .scoring import BASELINES, CEILING_RATIO_KEYS, HELD_OUT, format_ceiling_ratio, lower_is_better
@@ -199,11 +200,13 @@ def _groups(rows: dict[Variant, dict], metric: str) -> list[Group]:
 
 def _sampling(record: dict) -> str:
     """How an evaluation record's samples were drawn, in words."""
-    words = f"{record['sampler']} ({record['steps']} steps"
+    words = f"{record['sampler']} ({record['steps']} steps, {record.get('time_schedule', 'uniform')} time schedule"
     if record.get("restarts"):
         times = "once" if record["restarts"] == 1 else f"{record['restarts']} times"
         words += (f", then {times} noised to t = {record['restart_t']} and sampled back in {record['restart_steps']} "
                   "steps")
+    if "evaluations_per_sample" in record:
+        words += f"; {record['evaluations_per_sample']} network evaluations per sample"
     return words + ")"
 
 
@@ -315,7 +318,7 @@ def write_report(cfg: Config) -> dict:
         labelled = {v.label: (eval_dir(cfg, v), r) for v, r in records.items() if v in first_seed.values()}
         section = copying_section(labelled, baselines, copying_pictures(cfg, labelled, baselines, out))
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
-                                                       pictures, section))
+                                                       pictures, section) + report_section(cfg, out))
         write_json(out / "report.json", summary)
     write_json(metrics_file(cfg, "report"), experiment_metrics(cfg, groups))
     return summary

@@ -34,7 +34,7 @@ from .io import (Resumable, atomic_write_text, check_replaceable, fingerprint, s
                  without_run_length, write_json)
 from .paths import MODEL_FILE, checkpoint_file, data_dir, latents_dir, metrics_file, train_dir
 from .runtime import StepCallback, bf16_autocast, resolve_device, seed_everything
-from .sample import build_network, network_spec, save_model, schedule_from
+from .sample import build_network, fit_time_schedule, network_spec, save_model, schedule_from
 from .visuals import plot_training_curves
 
 Evaluator = Callable[[nn.Module, int], dict]
@@ -199,10 +199,11 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     timing = {"seconds": seconds,
               "images_per_s": trained_steps * tc.batch_size * world / seconds if trained_steps else None}
     resumed = {"resumed_from": start}
+    time_fit = fit_time_schedule(ema.model, schedule, noise, latent_shape, device)  # for sample.time_schedule=fitted
     with stage_output(train_dir(cfg, variant), "train") as out:
         write_yaml(out / "config.yaml", cfg.model_settings(variant))
         save_model(out / MODEL_FILE, ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
-                   cfg.model_settings(variant), load_manifest(data_dir(cfg)).get("feature_names"))
+                   cfg.model_settings(variant), load_manifest(data_dir(cfg)).get("feature_names"), time_fit)
         _write_history([{k: v for k, v in row.items() if k != "images_per_s"} for row in history], out / "history.csv")
         _write_history(curve, out / "curve.csv")
         plot_training_curves({variant.label: history}, {variant.label: curve}, out / "curves.png")

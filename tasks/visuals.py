@@ -37,22 +37,50 @@ def save_figure(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+def _deviation_from_chord(points: list[torch.Tensor]) -> list[float]:
+    """Each point's mean L2 distance from the straight line through the first and the last point, as a fraction
+    of the mean distance between those two (0 at both ends; a straight trajectory is 0 throughout)."""
+    start, end = points[0].flatten(1).double(), points[-1].flatten(1).double()
+    chord = end - start
+    length = chord.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    direction = chord / length
+    out = []
+    for x in points:
+        offset = x.flatten(1).double() - start
+        off_line = offset - (offset * direction).sum(1, keepdim=True) * direction
+        out.append(float(off_line.norm(dim=1).mean() / length.mean()))
+    return out
+
+
 def plot_trajectories(trajectory: list[torch.Tensor], denoised: list[torch.Tensor], timesteps: list[int],
-                      path: str | Path) -> Path:
-    """Distance of the sampling (x_t) and denoising (x0_hat) trajectories to the final sample, per step."""
+                      path: str | Path, alpha_bars: torch.Tensor) -> Path:
+    """Left: distance of the sampling (x_t) and denoising (x0_hat) trajectories to the final sample, per step.
+    Right: each pass's deviation from a straight line per step (Chen et al.):
+    the sampling trajectory in EDM's coordinates ``x / sqrt(abar)``, where the probability-flow ODE's path is
+    nearly straight, and the denoising trajectory, each from the chord between its first and last point."""
     final = trajectory[-1]
     dist = lambda xs: [float((x - final).flatten(1).norm(dim=1).mean()) for x in xs]  # noqa: E731
     steps = list(range(len(denoised)))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, dist(trajectory[:-1]), label="sampling trajectory x_t")
-    ax.plot(steps, dist(denoised), label="denoising trajectory x0_hat")
     restarts = [i for i in range(1, len(timesteps)) if timesteps[i] > timesteps[i - 1]]
-    for i in restarts:  # the samples noised afresh to timesteps[i] (sample.restarts)
-        label = f"restart from t = {timesteps[i]}" if i == restarts[0] else None
-        ax.axvline(i, color="0.6", linestyle=":", label=label)
-    ax.set(xlabel=f"step (t from {timesteps[0]} to {timesteps[-1]})", ylabel="mean L2 distance to final sample")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    left.plot(steps, dist(trajectory[:-1]), label="sampling trajectory x_t")
+    left.plot(steps, dist(denoised), label="denoising trajectory x0_hat")
+    left.set(ylabel="mean L2 distance to final sample")
+    bounds = [0, *restarts, len(timesteps)]
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        # a pass: x at its timesteps, then its clean output (the last step's x0_hat)
+        scaled = [trajectory[i] / float(alpha_bars[timesteps[i]]) ** 0.5 for i in range(a, b)] + [denoised[b - 1]]
+        right.plot(range(a, b + 1), _deviation_from_chord(scaled), color="C0",
+                   label="sampling trajectory x_t / sqrt(abar)" if k == 0 else None)
+        right.plot(range(a, b), _deviation_from_chord(denoised[a:b]), color="C1",
+                   label="denoising trajectory x0_hat" if k == 0 else None)
+    right.set(ylabel="deviation from a straight line / its length")
+    for ax in (left, right):
+        for i in restarts:  # the samples noised afresh to timesteps[i] (sample.restarts)
+            ax.axvline(i, color="0.6", linestyle=":", label=f"restart from t = {timesteps[i]}" if i == restarts[0] else None)
+        ax.set(xlabel=f"step (t from {timesteps[0]} to {timesteps[-1]})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
@@ -142,4 +170,58 @@ def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, lis
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_frontier(result: dict, path: str | Path) -> Path:
+    """The NFE-quality frontier (``tasks.frontier``): one row of panels per model, one panel per time schedule, the
+    metric against network evaluations with one line per sampler and its intervals as error bars; the references
+    as horizontal lines (their intervals shaded), the floor and ceiling as in the ranking plot. The y range ends
+    at twice the last reference's score (or above the other reference): a point above it is drawn at the top as
+    a triangle."""
+    metric = result["metric"]
+    rows = result["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    schedules = list(dict.fromkeys(r["time_schedule"] for r in rows if r["reference"] is None))
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows if r["reference"] is None))
+    fig, axes = plt.subplots(len(models), len(schedules), figsize=(4.2 * len(schedules), 3.2 * len(models)),
+                             squeeze=False, sharex=True, sharey="row")
+    reference_styles = [("0.25", "--"), ("C7", ":")]
+    for m, model in enumerate(models):
+        mine = [r for r in rows if r["model"] == model]
+        references = [r for r in mine if r["reference"]]
+        baselines = result["baselines"][result["models"][model]["variant"][1]]
+        floor, ceiling = baselines["floor"][metric], (baselines.get("ceiling") or {}).get(metric)
+        top = max([2 * references[-1][metric]] + [1.1 * r[metric] for r in references])
+        for c, schedule in enumerate(schedules):
+            ax = axes[m][c]
+            for i, sampler in enumerate(samplers):
+                line = sorted((r for r in mine if r["reference"] is None and r["sampler"] == sampler
+                               and r["time_schedule"] == schedule), key=lambda r: r["evaluations"])
+                x = np.array([r["evaluations"] * (1 + 0.025 * (i - 2)) for r in line])  # side by side
+                values = np.array([r[metric] for r in line])
+                errors = np.array([[r[metric] - r.get(f"{metric}_low", r[metric]) for r in line],
+                                   [r.get(f"{metric}_high", r[metric]) - r[metric] for r in line]])
+                ax.errorbar(x, np.minimum(values, top), yerr=np.where(values > top, 0, errors), marker="o",
+                            markersize=3, capsize=2, label=sampler, color=f"C{i}")
+                ax.scatter(x[values > top], np.full((values > top).sum(), top), marker="^", color=f"C{i}", s=30)
+            for (colour, style), ref in zip(reference_styles, references):
+                ax.axhline(ref[metric], color=colour, linestyle=style,
+                           label=f"{ref['reference']} ({ref['evaluations']} evals)")
+                if f"{metric}_low" in ref:
+                    ax.axhspan(ref[f"{metric}_low"], ref[f"{metric}_high"], color=colour, alpha=0.12)
+            ax.axhline(floor, color="black", linewidth=0.8, label="floor")
+            if ceiling is not None:
+                ax.axhline(ceiling, color="C2", linewidth=0.8, linestyle="-.", label="ceiling")
+            ax.set_xscale("log")
+            ax.set_ylim(0.9 * floor, 1.03 * top)
+            ax.set_xticks(result["evaluations"], [str(e) for e in result["evaluations"]])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{mine[0]['label']}, {schedule} time schedule", fontsize=9)
+            if m == len(models) - 1:
+                ax.set_xlabel("network evaluations per sample")
+            if c == 0:
+                ax.set_ylabel(f"{metric} (lower is better)")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
     return save_figure(fig, path)

@@ -26,8 +26,8 @@ def gaussian_denoiser(mean, std, schedule=SCHEDULE):
 
 
 @pytest.mark.parametrize("sampler,options", [
-    ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0}), ("heun", {}), ("heun", {"steps": 1}),
-    ("ddim", {"langevin_steps": 2}),
+    ("ddpm", {}), ("ddim", {}), ("ddim", {"options": {"eta": 1.0}}), ("heun", {}), ("heun", {"steps": 1}),
+    ("ddim", {"langevin_steps": 2}), ("dpmpp2m", {}), ("dpmpp3m", {}), ("unipc", {}), ("unipc", {"steps": 2}),
 ])
 @pytest.mark.parametrize("dist", ["gaussian", "laplace", "exponential", "student_t"])
 def test_point_mass_is_recovered(sampler, options, dist):
@@ -38,9 +38,9 @@ def test_point_mass_is_recovered(sampler, options, dist):
 
 @pytest.mark.parametrize("sampler,steps,options", [
     ("ddpm", 1000, {}),
-    ("ddpm", 250, {"variance": "posterior"}),
+    ("ddpm", 250, {"options": {"variance": "posterior"}}),
     ("ddim", 200, {}),
-    ("ddim", 250, {"eta": 1.0}),
+    ("ddim", 250, {"options": {"eta": 1.0}}),
     ("heun", 35, {}),
     ("ddim", 100, {"langevin_steps": 1}),
 ])
@@ -132,8 +132,9 @@ def test_samplers_never_call_torch_randn(monkeypatch):
 
     monkeypatch.setattr(torch, "randn", forbidden)
     for sampler in samplers.names():
+        options = {"eta": 1.0} if sampler == "ddim" else {}
         samplers.sample(point_mass_denoiser(0.0), SCHEDULE, noise.get("uniform"), (8, 2), sampler=sampler, steps=5,
-                        eta=1.0, langevin_steps=1, restarts=1)
+                        options=options, langevin_steps=1, restarts=1)
 
 
 def test_sampling_is_seeded_and_validated():
@@ -142,7 +143,7 @@ def test_sampling_is_seeded_and_validated():
     assert torch.equal(run(1).samples, run(1).samples) and not torch.equal(run(1).samples, run(2).samples)
     with pytest.raises(ValueError, match="steps must be in 1..1000"):
         samplers.timestep_grid(1000, 1001)
-    with pytest.raises(ValueError, match="choose one of: ddim, ddpm, heun"):
+    with pytest.raises(ValueError, match="choose one of: ddim, ddpm, dpmpp2m, dpmpp3m, heun, unipc"):
         samplers.sample(gaussian_denoiser(0, 1), SCHEDULE, noise.get("gaussian"), (2, 1), sampler="euler")
     assert samplers.timestep_grid(1000, 1000) == list(range(999, -1, -1))
 

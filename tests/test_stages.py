@@ -261,3 +261,43 @@ def test_replicates_are_summarised_across_seeds(encoded):
     assert "spread across 2 seeds" in table and "## Across seeds" in table
     assert re.search(r"\| gaussian \| 2 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", table)  # every metric
     assert "| gaussian | 1 | " in table  # each replicate's own row, with its interval
+
+
+def test_few_step_sampling_of_a_trained_model_and_its_frontier(encoded, tmp_path, monkeypatch):
+    """The train stage stores the fitted time schedule; a model file without one (saved before) is fitted when
+    first asked, to the same schedule; the samples do not depend on the batch size; the frontier scores settings
+    against the references and the report shows it, or says it is stale once the model is trained again."""
+    from tasks import frontier
+    from tasks.io import save_safetensors, write_json
+
+    cfg, *_ = encoded
+    variant = IDENTITY["gaussian"]
+    train_diffusion(cfg, variant, progress=False)
+    model_file = train_dir(cfg, variant) / MODEL_FILE
+    tensors, settings = load_safetensors(model_file, "model")
+    model = load_trained(model_file)
+    fitted = model.grid("fitted", 5)
+    assert fitted[0] == 999 and fitted == sorted(set(fitted), reverse=True) and len(fitted) == 5
+    assert "time_schedule.cost" in tensors
+    old_file = save_safetensors(cfg.work / "old.safetensors",
+                                {k: v for k, v in tensors.items() if not k.startswith("time_schedule.")}, settings)
+    old = load_trained(old_file)
+    assert old.time_fit is None and old.grid("fitted", 5) == fitted
+
+    def latents(batch_size):
+        return model.sample(20, sampler="ddpm", steps=4, batch_size=batch_size, progress=False).latents
+    assert torch.allclose(latents(7), latents(20), atol=1e-5)
+
+    baseline = frontier.BASELINE_REFERENCE  # (1000-step ancestral sampling, the other reference, takes seconds)
+    monkeypatch.setattr(frontier, "REFERENCES", {baseline: frontier.REFERENCES[baseline]})
+    result = frontier.run_frontier(cfg, [variant], ("ddim", "unipc"), ("fitted",), (2, 4), 48, progress=False)
+    rows = {(r["reference"] or r["sampler"], r["budget"]): r for r in result["rows"]}
+    assert rows[(baseline, None)]["evaluations"] == 87 and rows[("unipc", 4)]["evaluations"] == 4
+    assert rows[("unipc", 4)]["ceiling_ratio"] is not None and len(rows) == 5
+    assert all(r["fd_classifier_low"] < r["fd_classifier"] < r["fd_classifier_high"] for r in rows.values())
+    section = frontier.report_section(cfg, tmp_path)  # what write_report appends to report.md
+    assert "## Sampling frontier" in section and "| unipc fitted |" in section and "![frontier](frontier.png)" in section
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    result["models"][variant.name]["model_sha256"] = "a model trained since"
+    write_json(cfg.work / "frontier" / "frontier.json", result)
+    assert "measured models trained again since (gaussian-identity-0)" in frontier.report_section(cfg, tmp_path)
