@@ -31,6 +31,7 @@ class StepContext:
     noise: NoiseDistribution
     generator: torch.Generator | None
     options: dict = field(default_factory=dict)
+    grid: list[int] = field(default_factory=list)  # the timesteps of the current pass (a noise's own steps read it)
 
     def abar_at(self, t: int) -> float:
         return 1.0 if t < 0 else float(self.abar[t])
@@ -191,12 +192,13 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
     grids = [timestep_grid(schedule.timesteps, steps)] + [restart_grid] * restarts
     trajectory = [] if return_trajectories else None
     denoised = [] if return_trajectories else None
-    step = _STEPS[sampler]
+    step = noise.sampler_steps.get(sampler, _STEPS[sampler])  # alpha-stable brings DLPM's ancestral step
     bar = tqdm(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
     for i, grid in enumerate(grids):
         if i:  # a restart: the clean samples noised afresh to the grid's first timestep
             abar = ctx.abar_at(grid[0])
             x = math.sqrt(abar) * x + math.sqrt(1 - abar) * ctx.draw(x)
+        ctx.grid = grid
         for t, s in zip(grid, grid[1:] + [-1]):
             if return_trajectories:
                 trajectory.append(x.cpu())

@@ -61,9 +61,7 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
     """Per-feature histograms of each generated set (label -> [N, F]) against the held-out split, for the
     ``max_features`` most skewed features (where a log transform matters most), on a log x-axis when everything
     shown is positive."""
-    centred = reference - reference.mean(axis=0)
-    skew = np.abs((centred ** 3).mean(axis=0) / np.maximum(centred.std(axis=0), 1e-12) ** 3)
-    features = np.sort(np.argsort(-skew, kind="stable")[:max_features])
+    features, skew = _most_skewed(reference, max_features)
     fig, axes = plt.subplots(1, len(features), figsize=(3 * len(features), 2.8), squeeze=False)
     for i, ax in zip(features, axes[0]):
         ref = reference[:, i]
@@ -79,6 +77,36 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.tick_params(labelsize=7)
         ax.set_title(f"{names[i] if i < len(names) else f'feature {i}'} (skew {skew[i]:.1f})", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _most_skewed(reference: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``count`` most skewed columns of ``reference`` (by |skewness|, in column order) and every
+    column's |skewness|."""
+    centred = reference - reference.mean(axis=0)
+    skew = np.abs((centred ** 3).mean(axis=0) / np.maximum(centred.std(axis=0), 1e-12) ** 3)
+    return np.sort(np.argsort(-skew, kind="stable")[:count]), skew
+
+
+def plot_tails(generated: dict[str, np.ndarray], reference: np.ndarray, names: list[str], path: str | Path,
+               max_features: int = 4) -> Path:
+    """The upper tail of the ``max_features`` most skewed features: each set's survival function P(X > x) on
+    log-log axes, the held-out split's in black. A straight line is a power law; a Gaussian-space model's tail
+    bends down early, a log-space one follows the data's further."""
+    features, skew = _most_skewed(reference, max_features)
+    fig, axes = plt.subplots(1, len(features), figsize=(3.4 * len(features), 3.0), squeeze=False)
+    for i, ax in zip(features, axes[0]):
+        sets = {"held-out": reference[:, i], **{label: values[:, i] for label, values in generated.items()}}
+        for label, values in sets.items():
+            values = np.sort(values[np.isfinite(values) & (values > 0)])
+            survival = 1 - np.arange(len(values)) / len(values)  # P(X >= x) at each sorted value
+            style = {"color": "black", "linewidth": 2} if label == "held-out" else {"linewidth": 1.2}
+            ax.step(values, survival, where="post", label=label, **style)
+        ax.set(xscale="log", yscale="log", xlabel="x", ylabel="P(X >= x)")
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{names[i] if i < len(names) else f'feature {i}'} (skew {skew[i]:.1f})", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=7)
     return save_figure(fig, path)
 

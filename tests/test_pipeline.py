@@ -177,7 +177,8 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     import pandas as pd
 
     tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
-            "eval.num_samples=150", "sample.steps=5", "diffusion.distributions={laplace: {}}"]  # the stage test has more
+            "eval.num_samples=150", "eval.bootstrap=3", "sample.steps=5",
+            "diffusion.distributions={laplace: {}}"]  # the stage test has more
     summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
     assert set(summary["models"]) == {"laplace-identity-0", "laplace-log-0"}
     assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
@@ -189,8 +190,8 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
                 "--steps", "3", "--project-dir", str(tmp_path)]) == 0
     frame = pd.read_csv(out)
-    assert frame.shape == (200, 13) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
-    assert (frame.to_numpy() > 0).all()
+    assert frame.shape == (200, 14) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
+    assert (frame.drop(columns="label").to_numpy() > 0).all() and set(frame["label"]) <= {0, 1, 2}
 
 
 def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):
