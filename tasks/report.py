@@ -280,7 +280,7 @@ def _by_transform_and_noise(groups: list[Group], metric: str) -> list[str]:
 # what the tables show, in this order, when a record has them
 _METRICS = ("fid", "kid", "fd_classifier", "precision", "recall", "class_entropy", "swd_mean", "c2st_auc",
             "wasserstein", "log_wasserstein", "ks", "quantile_01_error", "quantile_99_error", "zero_share_error",
-            "correlation_distance", "frac_non_positive", "frac_negative", "tstr_accuracy")
+            "correlation_distance", "frac_non_positive", "frac_negative", "frac_far_rows", "tstr_accuracy")
 
 
 def write_report(cfg: Config) -> dict:

@@ -16,6 +16,9 @@ efficacy). The scorer computes them per scored set, which gives each its interva
   has zeros (0 when neither has any).
 - ``correlation_distance``: Frobenius norm of the difference of the Pearson correlation matrices over F.
 - ``frac_negative``: share of generated values below 0 or not finite: outside the support of non-negative data.
+- ``frac_far_rows``: share of generated rows with a value more than one held-out range (max - min) beyond the
+  held-out [min, max], or not finite: the rows a mean-based distance is at the mercy of (heavy-tailed noise in log
+  space can put a few at 1e60).
 - ``tstr_accuracy`` (with modelled labels): train on synthetic, test on real. The same classifier trained on the
   generated rows' features and labels, scored on the held-out rows (higher is better; the floor's is the
   accuracy of training on real training rows).
@@ -31,7 +34,7 @@ from logdiff_core.metrics import array_metrics
 
 FOLDS = 5
 LOWER_IS_BETTER = ("c2st_auc", "wasserstein", "ks", "quantile_01_error", "quantile_99_error", "zero_share_error",
-                   "correlation_distance", "frac_negative")
+                   "correlation_distance", "frac_negative", "frac_far_rows")
 HIGHER_IS_BETTER = ("tstr_accuracy",)
 
 
@@ -94,7 +97,11 @@ def tabular_metrics(generated: np.ndarray, reference: np.ndarray, labels: bool, 
     column of both is the class index."""
     generated, reference = np.asarray(generated, np.float64), np.asarray(reference, np.float64)
     features = slice(None, -1) if labels else slice(None)
-    scores = {"frac_negative": float(np.mean(~np.isfinite(generated[:, features]) | (generated[:, features] < 0)))}
+    low, high = reference[:, features].min(axis=0), reference[:, features].max(axis=0)
+    with np.errstate(invalid="ignore"):  # NaN compares False: counted by the finiteness test
+        far = (generated[:, features] < 2 * low - high) | (generated[:, features] > 2 * high - low)
+    scores = {"frac_negative": float(np.mean(~np.isfinite(generated[:, features]) | (generated[:, features] < 0))),
+              "frac_far_rows": float(np.mean((far | ~np.isfinite(generated[:, features])).any(axis=1)))}
     generated = generated[np.isfinite(generated).all(axis=1)]
     if len(generated) < 2:
         worst = {name: np.inf for name in LOWER_IS_BETTER if name not in scores} | {"c2st_auc": 1.0}

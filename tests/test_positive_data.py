@@ -22,30 +22,33 @@ def test_zero_safe_log_is_exact_on_the_data_and_keeps_its_zeros():
     x = zero_inflated()
     fitted = transforms.get("zero_safe_log").fit(x)
     y = fitted.forward(x)
-    assert y.shape == (400, 5)  # three logs, then the two zero indicators
+    assert y.shape == (400, 3) and torch.equal(y[:, 2], x[:, 2].log())  # no zeros in the last feature: its log
     back = fitted.inverse(y)
     assert torch.equal(back == 0, x == 0) and torch.allclose(back, x, rtol=1e-12, atol=0)
     restored = transforms.from_state(fitted.state_dict()).inverse(y)
     assert torch.equal(restored, back)
 
 
-def test_zero_safe_log_samples_are_never_negative_and_zero_where_the_indicator_says():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_safe_log_samples_are_never_negative_and_zero_below_the_midpoint(dtype):
     fitted = transforms.get("zero_safe_log").fit(zero_inflated())
-    latent = torch.tensor([[-1e4, 0.0, 1e4, 0.2, 0.9], [math.inf, -math.inf, 3.0, 0.6, -5.0],
-                           [0.0, 0.0, 0.0, math.nan, 0.0]], dtype=torch.float32)
+    m0, m1 = (math.sqrt(3) * fitted.shift[:2]).log().tolist()  # between a zero's image log(c) and log(3c)'s
+    latent = torch.tensor([[-1e4, math.inf, -1e4], [math.inf, -math.inf, 1e4], [math.nan, 0.0, 0.0],
+                           [m0 - 1e-3, m1 + 1e-3, 0.0], [m0 + 1e-3, m1 - 1e-3, 0.0]], dtype=dtype)
     x = fitted.inverse(latent)
-    finite = x[torch.isfinite(x)]
-    assert (finite >= 0).all() and torch.isfinite(x[:2]).all()
-    assert x[0, 0] > 0 and x[0, 1] == 0 and x[1, 0] == 0 and x[1, 1] > 0  # indicators above 1/2 are zeros
+    assert x.dtype == dtype and torch.isnan(x[2, 0]) and torch.isfinite(x[[0, 1, 3, 4]]).all()
+    assert (x[torch.isfinite(x)] >= 0).all()
+    assert x[0, 0] == 0 and x[0, 2] > 0 and x[1, 1] == 0 and x[1, 0] > 0  # far below: a zero where zeros were seen
+    assert x[3, 0] == 0 and x[3, 1] > 0 and x[4, 0] > 0 and x[4, 1] == 0  # either side of the midpoint
 
 
-def test_the_indicator_carries_the_share_of_zeros():
-    """A model that gets the indicator's two values in the right proportions gets the share of zeros: noise on the
-    encoded rows (the log part and the indicator alike) changes no zero into a value or back."""
+def test_a_model_near_the_data_keeps_its_share_of_zeros():
+    """Zeros sit log(3) below the smallest positive value: noise well inside half that gap (here 0.1 in log
+    units) turns no zero into a value and no value into a zero."""
     x = zero_inflated(2000)
     fitted = transforms.get("zero_safe_log").fit(x)
-    noisy = fitted.forward(x) + 0.1 * torch.randn(2000, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert torch.equal(fitted.inverse(noisy)[:, :2] == 0, x[:, :2] == 0)
+    noisy = fitted.forward(x) + 0.1 * torch.randn(2000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(fitted.inverse(noisy) == 0, x == 0)
 
 
 @pytest.mark.parametrize("values,match", [([[1.0, -0.5]], "needs finite x >= 0"),
@@ -68,7 +71,7 @@ def test_codec_models_labels_as_one_hot_channels_and_decodes_a_label_column():
     transform = transforms.get("zero_safe_log").fit(x.double())
     codec = Codec("array", transform, None, torch.zeros(()), torch.ones(()), (), classes=3)
     encoded = codec.encode(x.numpy(), labels)
-    assert encoded.shape == (50, 8)  # 3 logs, 2 indicators, 3 one-hot channels
+    assert encoded.shape == (50, 6)  # 3 features, 3 one-hot channels
     decoded = Codec.from_safe(*codec.to_safe()).decode(encoded)
     assert decoded.shape == (50, 4) and np.array_equal(decoded[:, -1], labels)
     assert np.allclose(decoded[:, :3], x.numpy(), rtol=1e-6) and np.array_equal(decoded[:, :3] == 0, x.numpy() == 0)
@@ -102,8 +105,10 @@ def test_tabular_metrics_score_the_features_and_count_values_outside_the_support
     generated = reference.copy()
     generated[0, 0] = -1.0
     generated[1, 1] = math.nan  # left out of the distances, counted as outside the support
+    generated[2, 1] = 3 * reference[:, 1].max()  # beyond one range above the maximum
     scores = tabular_metrics(generated, reference, labels=True)
     assert scores["frac_negative"] == pytest.approx(2 / 240)
+    assert scores["frac_far_rows"] == pytest.approx(2 / 120)  # the NaN row and the far one (-1 is within a range)
     assert scores["ks"] < 0.02 and scores["zero_share_error"] == 0 and scores["tstr_accuracy"] >= 0
     assert set(scores) == {"c2st_auc", "wasserstein", "ks", "quantile_01_error", "quantile_99_error",
-                           "zero_share_error", "correlation_distance", "frac_negative", "tstr_accuracy"}
+                           "zero_share_error", "correlation_distance", "frac_negative", "frac_far_rows", "tstr_accuracy"}
