@@ -4,7 +4,8 @@ Unit variance is what makes the comparison fair (NGLDM, Theorem 1): under one be
 then reaches the same ``x_T`` variance. Adding a distribution is one small class with the ``@register`` decorator;
 training, every sampler, the config validation and the CLI pick it up from the registry. A distribution without a
 variance (alpha-stable, ``logdiff_core.alpha_stable``) brings its own forward law and sampler steps through two
-hooks, ``forward_schedule`` and ``sampler_steps``; every other distribution leaves both at their defaults.
+hooks, ``forward_schedule`` and ``sampler_steps``, and its own loss (``per_sample_loss``); every other distribution
+leaves all three at their defaults.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def get(name: str, **params) -> "NoiseDistribution":
     """The distribution ``name`` with ``params``; unknown names or bad parameters raise a one-line ValueError.
 
     ``params`` may name the registered distribution as ``distribution``, so that one config can hold two models of
-    one law under names of their own (``stable_1.5: {distribution: alpha_stable, alpha: 1.5}``)."""
+    one law under names of their own (``stable_15: {distribution: alpha_stable, alpha: 1.5}``)."""
     registered = params.pop("distribution", name)
     if registered not in _REGISTRY:
         raise ValueError(f"unknown noise distribution {registered!r}; choose one of: {', '.join(names())} (another "
@@ -101,6 +102,10 @@ class NoiseDistribution:
         """The schedule of this noise's forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``: for
         unit-variance noise the configured one itself (Theorem 1)."""
         return schedule
+
+    def per_sample_loss(self, prediction: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Each sample's training loss: the mean squared error of the noise prediction (minimised by E[eps | x_t])."""
+        return (prediction.float() - eps.float()).pow(2).flatten(1).mean(1)
 
     def __init__(self, **params):
         self.params = params
@@ -230,7 +235,6 @@ class GeneralizedGaussian(NoiseDistribution):
         x = sign.to(torch.float64) * torch.exp(log_g / self.beta)  # g ** (1 / beta), without underflow
         scale = math.exp(0.5 * (math.lgamma(3 / self.beta) - math.lgamma(1 / self.beta)))
         return (x / scale).to(dtype)
-
 
 
 from . import alpha_stable  # noqa: E402,F401  (registers alpha_stable, which builds on the classes above)

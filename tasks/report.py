@@ -131,13 +131,15 @@ def verdict(groups: list[Group], baselines: dict[str, dict], metric: str) -> lis
                      "for the spread across seeds (the demo-replicates preset does this for the demo).")
     models = [r for g in groups for r in g.records]
     beaten = [r for r in models if r.get("beats_trivial") is False]
-    trivial = next((b["trivial"][metric] for b in baselines.values() if b.get("trivial")), None)
-    if trivial is not None:
+    trivials = {t: b["trivial"][metric] for t, b in baselines.items() if b.get("trivial")}
+    if trivials:  # one per transform: each model is read against its own transform's
+        trivial = (f"{next(iter(trivials.values())):.4g}" if len(set(trivials.values())) == 1
+                   else ", ".join(f"{v:.4g} ({t})" for t, v in trivials.items()))
         if beaten:
             names = ", ".join(f"{r['distribution']}-{r['transform']} (seed {r['seed']})" for r in beaten)
-            lines.append(f"**Not clearly better than the trivial generator** ({metric} {trivial:.4g}): {names}.")
+            lines.append(f"**Not clearly better than the trivial generator** ({metric} {trivial}): {names}.")
         else:
-            lines.append(f"Every model beats the trivial generator ({metric} {trivial:.4g}), intervals apart.")
+            lines.append(f"Every model beats the trivial generator ({metric} {trivial}), intervals apart.")
     ratios = [r["ceiling_ratio"] for r in models if r.get("ceiling_ratio") is not None]
     if ratios:
         floor = next(iter(baselines.values()))["floor"][metric]
@@ -325,7 +327,9 @@ def write_report(cfg: Config) -> dict:
             held_out = table_rows(load_split(data_dir(cfg), "val"), cfg.diffusion.labels)
             names = column_names(load_manifest(data_dir(cfg)), cfg.diffusion.labels)
             pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
-            pictures.append(plot_tails(best_per_transform, held_out, names, out / "tails.png").name)
+            real = {"held-out": held_out, "training rows": table_rows(load_split(data_dir(cfg), "train"),
+                                                                      cfg.diffusion.labels)}
+            pictures.append(plot_tails(best_per_transform, real, names, out / "tails.png").name)
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,
                                                        pictures))
         write_json(out / "report.json", summary)

@@ -112,3 +112,29 @@ def test_tabular_metrics_score_the_features_and_count_values_outside_the_support
     assert scores["ks"] < 0.02 and scores["zero_share_error"] == 0 and scores["tstr_accuracy"] >= 0
     assert set(scores) == {"c2st_auc", "wasserstein", "ks", "quantile_01_error", "quantile_99_error",
                            "zero_share_error", "correlation_distance", "frac_negative", "frac_far_rows", "tstr_accuracy"}
+
+
+def test_a_config_names_models_of_one_law_and_checks_them_in_one_line(tmp_path):
+    from tasks import config
+    from tasks.ingest import check_source
+
+    cfg = config.load("breast_cancer")
+    assert cfg.diffusion.distributions["stable_15"] == {"distribution": "alpha_stable", "alpha": 1.5}
+    check_source(cfg.data, cfg.diffusion.transforms, cfg.diffusion.log_floor)  # zeros: fine for both logs here
+    cases = {"diffusion.distributions={stable_1.5: {distribution: alpha_stable}}": "use letters, digits and '_'",
+             "diffusion.distributions={heavy: {distribution: alpha_stable, alpha: 2.5}}": "heavy: alpha_stable needs",
+             "diffusion.distributions={heavy: {alpha: 1.5}}": "unknown noise distribution 'heavy'.*distribution:"}
+    for override, message in cases.items():
+        with pytest.raises(config.ConfigError, match=message) as err:
+            config.load("breast_cancer", [override])
+        assert "\n" not in str(err.value)
+    for override, message in {"diffusion.labels=true": "diffusion.labels: .*images",
+                              "diffusion.transforms=[identity, zero_safe_log]": "zero_safe_log is for positive array"}.items():
+        with pytest.raises(config.ConfigError, match=message):
+            config.load("demo", [override])
+    negative = tmp_path / "negative.npy"
+    np.save(negative, np.array([[1.0, 0.0], [2.0, -0.5]]))
+    cfg = config.load("breast_cancer", ["data.source=arrays", f"data.path={negative}", "diffusion.transforms="
+                                        "[zero_safe_log]", "diffusion.labels=false"])
+    with pytest.raises(ValueError, match=r"zero_safe_log transform needs values >= 0, and 1 of 4"):
+        check_source(cfg.data, cfg.diffusion.transforms, cfg.diffusion.log_floor)
