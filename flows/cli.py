@@ -17,6 +17,7 @@ examples:
   logdiff run                                  # the demo preset: digits, five noise distributions
   logdiff run cifar10 data.path=train.zip      # a preset plus key=value overrides
   logdiff run wine                             # positive measurements: identity vs log transform
+  logdiff run breast_cancer                    # zero-inflated, skewed: identity vs log vs zero-safe log
   logdiff serve --cron "0 3 * * *"             # a scheduled Prefect deployment (starts a local server)
   logdiff ui                                   # the MLflow UI on http://127.0.0.1:5000
   logdiff tracking-server --artifacts s3://bucket/mlartifacts   # for a Ray cluster (docs/cluster.md)

@@ -55,11 +55,11 @@ def loss_weights(schedule: Schedule, t: torch.Tensor, min_snr_gamma: float | Non
 
 def training_loss(model: nn.Module, schedule: Schedule, noise: NoiseDistribution, x0: torch.Tensor,
                   generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> torch.Tensor:
-    """MSE between the drawn noise and the model's prediction at a uniformly drawn timestep (weighted by
-    ``loss_weights``)."""
+    """The noise's per-sample loss (the MSE, for all but alpha-stable) between the drawn noise and the model's
+    prediction at a uniformly drawn timestep (weighted by ``loss_weights``)."""
     t = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     eps = noise.sample(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     prediction = model(q_sample(schedule, x0, t, eps), t)
-    per_sample = (prediction.float() - eps.float()).pow(2).flatten(1).mean(1)
+    per_sample = noise.per_sample_loss(prediction, eps)
     weights = loss_weights(schedule, t, min_snr_gamma)
     return per_sample.mean() if weights is None else (weights * per_sample).mean()

@@ -2,7 +2,10 @@
 
 Unit variance is what makes the comparison fair (NGLDM, Theorem 1): under one beta schedule every distribution
 then reaches the same ``x_T`` variance. Adding a distribution is one small class with the ``@register`` decorator;
-training, every sampler, the config validation and the CLI pick it up from the registry.
+training, every sampler, the config validation and the CLI pick it up from the registry. A distribution without a
+variance (alpha-stable, ``logdiff_core.alpha_stable``) brings its own forward law and sampler steps through two
+hooks, ``forward_schedule`` and ``sampler_steps``, and its own loss (``per_sample_loss``); every other distribution
+leaves all three at their defaults.
 """
 from __future__ import annotations
 
@@ -25,15 +28,20 @@ def names() -> list[str]:
 
 
 def get(name: str, **params) -> "NoiseDistribution":
-    """The distribution ``name`` with ``params``; unknown names or bad parameters raise a one-line ValueError."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown noise distribution {name!r}; choose one of: {', '.join(names())}")
-    cls = _REGISTRY[name]
+    """The distribution ``name`` with ``params``; unknown names or bad parameters raise a one-line ValueError.
+
+    ``params`` may name the registered distribution as ``distribution``, so that one config can hold two models of
+    one law under names of their own (``stable_15: {distribution: alpha_stable, alpha: 1.5}``)."""
+    registered = params.pop("distribution", name)
+    if registered not in _REGISTRY:
+        raise ValueError(f"unknown noise distribution {registered!r}; choose one of: {', '.join(names())} (another "
+                         f"name says which with distribution:, e.g. {{distribution: alpha_stable, alpha: 1.5}})")
+    cls = _REGISTRY[registered]
     allowed = set(cls.defaults)
     unknown = sorted(set(params) - allowed)
     if unknown:
         takes = ", ".join(sorted(allowed)) or "no parameters"
-        raise ValueError(f"noise distribution {name!r} has no parameter {unknown[0]!r}; it takes {takes}")
+        raise ValueError(f"noise distribution {registered!r} has no parameter {unknown[0]!r}; it takes {takes}")
     return cls(**{**cls.defaults, **params})
 
 
@@ -94,6 +102,17 @@ class NoiseDistribution:
     name: str = ""
     defaults: dict = {}
     support: tuple[float, float] = (-math.inf, math.inf)  # of one coordinate; the density is 0 outside
+    unit_variance = True  # Theorem 1's normalisation applies (alpha-stable: only at alpha = 2)
+    sampler_steps: dict = {}  # sampler name -> a step function of this noise's own, replacing the sampler's
+
+    def forward_schedule(self, schedule):
+        """The schedule of this noise's forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``: for
+        unit-variance noise the configured one itself (Theorem 1)."""
+        return schedule
+
+    def per_sample_loss(self, prediction: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Each sample's training loss: the mean squared error of the noise prediction (minimised by E[eps | x_t])."""
+        return (prediction.float() - eps.float()).pow(2).flatten(1).mean(1)
 
     def __init__(self, **params):
         self.params = params
@@ -266,3 +285,5 @@ class GeneralizedGaussian(NoiseDistribution):
         scale = self._scale
         return math.log(scale * self.beta / 2) - math.lgamma(1 / self.beta) - (z.abs() * scale) ** self.beta
 
+
+from . import alpha_stable  # noqa: E402,F401  (registers alpha_stable, which builds on the classes above)

@@ -37,6 +37,7 @@ class StepContext:
     generator: torch.Generator | SampleStreams | None  # SampleStreams: each sample's draws from its own stream
     options: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # what a step keeps across one pass; emptied when a pass starts
+    grid: list[int] = field(default_factory=list)  # the timesteps of the current pass (a noise's own steps read it)
 
     def abar_at(self, t: int) -> float:
         return 1.0 if t < 0 else float(self.abar[t])
@@ -45,6 +46,12 @@ class StepContext:
         if isinstance(self.generator, SampleStreams):
             return self.generator.draw(self.noise, x.shape, x.dtype)
         return self.noise.sample_like(x, generator=self.generator)
+
+    def draw_with(self, draw: Callable[[tuple, torch.Generator | None], torch.Tensor], like: torch.Tensor):
+        """Draws of another law shaped like ``like`` (``draw(shape, generator)``), per sample from the streams."""
+        if isinstance(self.generator, SampleStreams):
+            return self.generator.draw_with(draw, like.shape)
+        return draw(like.shape, self.generator)
 
 
 def _x0_hat(x, eps, abar_t):
@@ -265,13 +272,14 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
     grids = [grid] + [restart_grid] * restarts
     trajectory = [] if return_trajectories else None
     denoised = [] if return_trajectories else None
-    step = SAMPLERS[sampler].step
+    step = noise.sampler_steps.get(sampler, SAMPLERS[sampler].step)  # alpha-stable brings DLPM's ancestral step
     bar = tqdm(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
     for i, grid in enumerate(grids):
         ctx.state = {}
         if i:  # a restart: the clean samples noised afresh to the grid's first timestep
             abar = ctx.abar_at(grid[0])
             x = math.sqrt(abar) * x + math.sqrt(1 - abar) * ctx.draw(x)
+        ctx.grid = grid
         for t, s in zip(grid, grid[1:] + [-1]):
             if return_trajectories:
                 trajectory.append(x.cpu())

@@ -9,6 +9,8 @@ batches cost about as much as a network evaluation (docs/sampling.md), and the a
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -38,8 +40,12 @@ class SampleStreams:
 
     def draw(self, noise: NoiseDistribution, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``count`` draws of ``noise`` of per-sample shape ``shape[1:]`` (``shape[0]`` must be ``count``)."""
+        return self.draw_with(lambda block, g: noise.sample(block, generator=g, device=self.device, dtype=dtype), shape)
+
+    def draw_with(self, draw: Callable[[tuple, torch.Generator], torch.Tensor], shape) -> torch.Tensor:
+        """``count`` rows of any law: ``draw(block_shape, generator)`` called per block (an alpha-stable noise's
+        subordinators, for instance); ``shape[0]`` must be ``count``."""
         if shape[0] != self.count:
             raise ValueError(f"these streams draw for {self.count} samples, asked for {shape[0]}")
-        rows = [noise.sample((BLOCK, *shape[1:]), generator=g, device=self.device, dtype=dtype)
-                for g in self.generators]
+        rows = [draw((BLOCK, *shape[1:]), g) for g in self.generators]
         return torch.cat(rows)[self.offset:self.offset + self.count]

@@ -23,7 +23,7 @@ import torch
 from . import copying
 from .codec import load_codec, load_latents
 from .config import Config
-from .data import load_split
+from .data import load_split, table_rows
 from .io import atomic_save_with, stage_output, write_json
 from .paths import baselines_dir, data_dir, metrics_file
 from .scoring import BASELINES, HELD_OUT, build_scorer, subset
@@ -45,7 +45,7 @@ def compute_baselines(cfg: Config, transform: str) -> dict:
     scorer = build_scorer(cfg)
     codec = load_codec(cfg, transform)
     real_split = "val" if scorer.kind == "image" else "train"  # the split that is not the reference
-    real = subset(load_split(data_dir(cfg), real_split).values, scorer.size, cfg.seed)
+    real = subset(table_rows(load_split(data_dir(cfg), real_split), cfg.diffusion.labels), scorer.size, cfg.seed)
     trivial = trivial_samples(cfg, transform, cfg.eval.num_samples)
     scores = {"floor": scorer.score(real), "trivial": scorer.score(trivial)}
     reconstructed = None

@@ -3,7 +3,8 @@ stage writes.
 
 data --transform--> (autoencoder encode) --(x - shift) * scale--> diffusion space, and back. Everything a
 sampler needs to return data in its original units (uint8 images or arrays) is in one ``Codec``, saved beside
-the latents and bundled with every trained model.
+the latents and bundled with every trained model. A table's class labels can be modelled too (``classes``): as
+one-hot channels after the transformed features, decoded to the most likely class as a last column.
 """
 from __future__ import annotations
 
@@ -29,13 +30,19 @@ class Codec:
     shift: torch.Tensor  # broadcasts over one latent
     scale: torch.Tensor
     latent_shape: tuple[int, ...]
+    classes: int = 0  # arrays: class labels modelled as this many one-hot channels after the features (0: none)
 
-    def to_model_input(self, values: np.ndarray, batch_size: int = 1024, device="cpu") -> torch.Tensor:
-        """Data (uint8 images or float arrays) -> autoencoder latents or transformed data, before scaling."""
+    def to_model_input(self, values: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 1024,
+                       device="cpu") -> torch.Tensor:
+        """Data (uint8 images or float arrays, with their labels when the codec models them) -> autoencoder latents
+        or transformed data, before scaling."""
         if self.kind == "image":
             x = images_to_float(values)
         else:
             x = self.transform.forward(torch.as_tensor(values, dtype=torch.float32))
+            if self.classes:
+                one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.long), self.classes)
+                x = torch.cat([x, one_hot.to(x.dtype)], dim=1)
         if self.autoencoder is None:
             return x
         self.autoencoder.to(device).eval()
@@ -43,8 +50,9 @@ class Codec:
             parts = [self.autoencoder.encode(chunk.to(device)).cpu() for chunk in x.split(batch_size)]
         return torch.cat(parts)
 
-    def encode(self, values: np.ndarray, batch_size: int = 1024, device="cpu") -> torch.Tensor:
-        return (self.to_model_input(values, batch_size, device) - self.shift) * self.scale
+    def encode(self, values: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 1024,
+               device="cpu") -> torch.Tensor:
+        return (self.to_model_input(values, labels, batch_size, device) - self.shift) * self.scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
@@ -54,7 +62,11 @@ class Codec:
             x = torch.cat([self.autoencoder.decode(chunk) for chunk in x.split(batch_size)])
         if self.kind == "image":
             return float_to_images(x)
-        return self.transform.inverse(x.double().cpu()).numpy()
+        x = x.double().cpu()
+        if not self.classes:
+            return self.transform.inverse(x).numpy()
+        features = self.transform.inverse(x[:, :-self.classes]).numpy()
+        return np.column_stack([features, x[:, -self.classes:].argmax(1).double().numpy()])
 
     def to_safe(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, JSON-able settings) for ``io.save_safetensors``."""
@@ -64,7 +76,7 @@ class Codec:
         ae = self.autoencoder
         if ae is not None:
             tensors.update(with_prefix("autoencoder.", ae.state_dict()))
-        settings = {"kind": self.kind, "latent_shape": list(self.latent_shape),
+        settings = {"kind": self.kind, "latent_shape": list(self.latent_shape), "classes": self.classes,
                     "transform": {k: v for k, v in transform_state.items() if not torch.is_tensor(v)},
                     "autoencoder": None if ae is None else ae.init_args}
         return tensors, settings
@@ -78,7 +90,7 @@ class Codec:
             ae.eval()
         transform = transforms.from_state({**settings["transform"], **under_prefix("transform.", tensors)})
         return cls(settings["kind"], transform, ae, tensors["shift"], tensors["scale"],
-                   tuple(settings["latent_shape"]))
+                   tuple(settings["latent_shape"]), settings.get("classes", 0))
 
 
 def load_autoencoder(cfg: Config) -> ConvAutoencoder | None:

@@ -22,6 +22,7 @@ import yaml
 
 CONF_DIR = Path(os.environ.get("LOGDIFF_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an experiment name is also a folder name
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")  # DVC reads '.' in a param's key as nesting
 
 
 class ConfigError(ValueError):
@@ -133,6 +134,7 @@ class DiffusionConfig:
     # One model per (distribution, transform): [identity, log] trains each distribution both ways, to compare.
     transforms: list[str] = field(default_factory=lambda: ["identity"])  # identity | log (LogDiff)
     log_floor: float = 0.0  # log transform: y = log(x + floor)
+    labels: bool = False  # array data with class labels: model them too (one-hot), for train-on-synthetic scores
 
     _choices = {"schedule": _registry("logdiff_core.schedules", "KINDS")}
     _ranges = {"timesteps": COUNT, "beta_start": FRACTION, "beta_end": FRACTION, "power": POSITIVE,
@@ -425,6 +427,9 @@ def _validate(cfg: Config) -> None:
                               "not '.'): the pipeline replaces the folders it writes there. Leave it unset for "
                               f"artifacts/{cfg.name}")
     for name, params in cfg.diffusion.distributions.items():
+        if not MODEL_NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"diffusion.distributions: {name!r} names a model (its DVC stages, folders and registry "
+                              "entry): use letters, digits and '_' only, e.g. stable_15")
         try:
             noise.get(name, **params)
         except ValueError as err:
@@ -458,9 +463,13 @@ def _validate(cfg: Config) -> None:
     source = SOURCES[cfg.data.source]
     if source.path == "required" and not cfg.data.path:
         raise ConfigError(f"data.path: data.source={cfg.data.source} reads {source.what}; set data.path to it")
-    if "log" in cfg.diffusion.transforms and source.kind == "image":
-        raise ConfigError(f"diffusion.transforms: log is for positive array data; data.source={cfg.data.source} is "
-                          "images: use diffusion.transforms=[identity]")
+    data_transforms = [name for name in cfg.diffusion.transforms if name != "identity"]
+    if data_transforms and source.kind == "image":
+        raise ConfigError(f"diffusion.transforms: {data_transforms[0]} is for positive array data; data.source="
+                          f"{cfg.data.source} is images: use diffusion.transforms=[identity]")
+    if cfg.diffusion.labels and source.kind == "image":
+        raise ConfigError(f"diffusion.labels: models class labels beside array features; data.source="
+                          f"{cfg.data.source} is images: set diffusion.labels=false")
     if source.kind == "array" and (cfg.autoencoder.kind, cfg.network.kind) != ("none", "mlp"):
         raise ConfigError(f"data.source={cfg.data.source} is array data: set autoencoder.kind=none and network.kind=mlp")
     network = cfg.network

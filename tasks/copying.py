@@ -39,7 +39,7 @@ from logdiff_core.schedules import Schedule
 
 from .codec import load_codec, load_latents
 from .config import Config
-from .data import load_split
+from .data import load_split, table_rows
 from .io import atomic_save_with
 from .paths import data_dir
 from .runtime import resolve_device
@@ -63,7 +63,7 @@ def feature_spaces(cfg: Config, kind: str, shape: tuple[int, ...],
                    transform: str = "identity") -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """The spaces copying is tested in, each a map from data (uint8 images or arrays) to feature rows."""
     if kind == "array":
-        train = load_split(data_dir(cfg), "train").values.astype(np.float64)
+        train = table_rows(load_split(data_dir(cfg), "train"), cfg.diffusion.labels).astype(np.float64)
         mean, std = train.mean(axis=0), train.std(axis=0)
         return {"features": lambda values: (np.asarray(values, np.float64) - mean) / np.where(std > 0, std, 1)}
     from logdiff_core.classifier import predict
@@ -90,7 +90,8 @@ def write_reference(cfg: Config, transform: str, path: Path) -> dict:
     arrays, summary = {}, {}
     cells = int(np.clip(len(held_out.values) // HELD_OUT_PER_CELL, 1, MAX_CELLS))
     for space, embed in feature_spaces(cfg, train.kind, train.values.shape[1:], transform).items():
-        train_rows, held_out_rows = embed(train.values), embed(held_out.values)
+        train_rows, held_out_rows = (embed(table_rows(split, cfg.diffusion.labels) if split.kind == "array"
+                                           else split.values) for split in (train, held_out))
         dimension = copying.intrinsic_dimension(train_rows, seed=cfg.seed)
         scales = copying.region_scales(train_rows, NEIGHBOURS)
         arrays |= {f"{space}.train": train_rows, f"{space}.held_out": held_out_rows,

@@ -20,6 +20,7 @@ from tasks.io import read_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+LABEL_COLUMN = "label"  # the last column of a table's rows when its class labels are modelled (diffusion.labels)
 
 
 @dataclass
@@ -101,6 +102,20 @@ def load_split(data_dir: str | Path, split: str) -> Dataset:
     values = np.concatenate([values for values, _ in parts])
     labels = None if parts[0][1] is None else np.concatenate([labels for _, labels in parts])
     return Dataset(values=values, labels=labels, kind=manifest["kind"], manifest=manifest)
+
+
+def table_rows(dataset: Dataset, labels: bool) -> np.ndarray:
+    """A split's rows as the models generate them: the values, and with ``labels`` the class index as a last
+    column (images: the values)."""
+    if not labels:
+        return dataset.values
+    return np.column_stack([dataset.values, dataset.labels.astype(dataset.values.dtype)])
+
+
+def column_names(manifest: dict, labels: bool) -> list[str]:
+    """The names of ``table_rows``' columns."""
+    names = manifest.get("feature_names") or [f"x{i}" for i in range(manifest["shape"][0])]
+    return names + [LABEL_COLUMN] if labels else names
 
 
 def images_to_float(x_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:

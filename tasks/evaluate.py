@@ -16,7 +16,7 @@ import numpy as np
 from . import copying
 from .codec import load_latents
 from .config import Config, Variant, write_yaml
-from .data import load_manifest, load_split
+from .data import column_names, load_manifest, load_split, table_rows
 from .io import atomic_save_with, check_replaceable, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, train_dir
 from .runtime import StepCallback
@@ -97,9 +97,8 @@ def evaluate(cfg: Config, variant: Variant, callback: StepCallback | None = None
         if scorer.kind == "image":
             save_image_grid(generated.data[: cfg.eval.grid_size], out / "samples.png")
         else:
-            names = load_manifest(data_dir(cfg)).get("feature_names") or [f"x{i}" for i in
-                                                                          range(generated.data.shape[1])]
-            held_out = load_split(data_dir(cfg), "val").values
+            names = column_names(load_manifest(data_dir(cfg)), cfg.diffusion.labels)
+            held_out = table_rows(load_split(data_dir(cfg), "val"), cfg.diffusion.labels)
             plot_histograms({variant.label: generated.data}, held_out, names, out / "histograms.png")
             atomic_save_with(out / "samples.csv", lambda tmp: np.savetxt(
                 tmp, generated.data, delimiter=",", header=",".join(names), comments="", fmt="%.6g"))

@@ -35,6 +35,7 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 CIFAR_DEFAULT_ROOT = "~/.cache/logdiff/cifar10"
 CIFAR_TARBALL = "cifar-10-python.tar.gz"
 SKIPPED_NAMES_KEPT = 20
+ZERO_SAFE = "zero_safe_log"  # the transform for data with exact zeros (logdiff_core.transforms)
 
 
 @dataclass
@@ -79,13 +80,14 @@ def check_source(data: DataConfig, transforms: list[str], log_floor: float) -> N
         if data.path and not root.exists() and not data.download:
             raise FileNotFoundError(f"data.path: {root} not found; set data.download=true, or point data.path at "
                                     f"{CIFAR_TARBALL} or the folder holding it")
-    elif READERS[data.source] in (_arrays, _sklearn_table) and "log" in transforms:
+    elif READERS[data.source] in (_arrays, _sklearn_table) and set(transforms) - {"identity"}:
         values = READERS[data.source](data, Path(".")).values
-        bad = values <= -log_floor
-        if bad.any():
-            raise ValueError(f"data: the log transform needs values > {0.0 - log_floor:g}, and {int(bad.sum())} of "
-                             f"{values.size} values of source={data.source} are not (minimum {values.min():g}); use "
-                             "diffusion.transforms=[identity] or raise diffusion.log_floor")
+        for name, bad, needs, fix in (("log", values <= -log_floor, f"> {0.0 - log_floor:g}", " or raise "
+                                       "diffusion.log_floor"), (ZERO_SAFE, values < 0, ">= 0", "")):
+            if name in transforms and bad.any():
+                raise ValueError(f"data: the {name} transform needs values {needs}, and {int(bad.sum())} of "
+                                 f"{values.size} values of source={data.source} are not (minimum {values.min():g}); "
+                                 f"use diffusion.transforms=[identity]{fix}")
     elif data.source == "arrays":
         _read_array_file(_existing_path(data))
 

@@ -17,12 +17,12 @@ import numpy as np
 from . import config
 from .config import Config, Variant
 from .copying import copying_pictures, copying_section, copying_verdict
-from .data import load_manifest, load_split
+from .data import column_names, load_manifest, load_split, table_rows
 from .frontier import report_section
 from .io import atomic_write_text, read_json, stage_output, write_json
 from .paths import baselines_dir, data_dir, eval_dir, metrics_file, report_dir, train_dir
 from .scoring import BASELINES, CEILING_RATIO_KEYS, HELD_OUT, format_ceiling_ratio, lower_is_better
-from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_training_curves
+from .visuals import plot_grids_side_by_side, plot_histograms, plot_ranking, plot_tails, plot_training_curves
 
 BASELINE_WORDS = {"floor": "floor (real vs real)", "ceiling": "ceiling (autoencoder reconstructions)",
                   "trivial": "trivial (Gaussian fitted to the latents)",
@@ -135,25 +135,28 @@ def verdict(groups: list[Group], baselines: dict[str, dict], metric: str) -> lis
                      "for the spread across seeds (the demo-replicates preset does this for the demo).")
     models = [r for g in groups for r in g.records]
     beaten = [r for r in models if r.get("beats_trivial") is False]
-    trivial = next((b["trivial"][metric] for b in baselines.values() if b.get("trivial")), None)
-    if trivial is not None:
+    trivials = {t: b["trivial"][metric] for t, b in baselines.items() if b.get("trivial")}
+    if trivials:  # one per transform: each model is read against its own transform's
+        trivial = (f"{next(iter(trivials.values())):.4g}" if len(set(trivials.values())) == 1
+                   else ", ".join(f"{v:.4g} ({t})" for t, v in trivials.items()))
         if beaten:
             names = ", ".join(f"{r['distribution']}-{r['transform']} (seed {r['seed']})" for r in beaten)
-            lines.append(f"**Not clearly better than the trivial generator** ({metric} {trivial:.4g}): {names}.")
+            lines.append(f"**Not clearly better than the trivial generator** ({metric} {trivial}): {names}.")
         else:
-            lines.append(f"Every model beats the trivial generator ({metric} {trivial:.4g}), intervals apart.")
+            lines.append(f"Every model beats the trivial generator ({metric} {trivial}), intervals apart.")
     ratios = [r["ceiling_ratio"] for r in models if r.get("ceiling_ratio") is not None]
     if ratios:
         floor = next(iter(baselines.values()))["floor"][metric]
         lines.append(f"Distance above the real-vs-real floor ({floor:.4g}), in multiples of the autoencoder "
                      f"ceiling's: {min(ratios):.2f} to {max(ratios):.2f} (1 = as good as the autoencoder's own "
                      "reconstructions; a latent model cannot do much better).")
-    non_positive = {t: [r for r in models if r["transform"] == t and r.get("frac_non_positive", 0) > 0]
-                    for t in sorted({r["transform"] for r in models}) if "frac_non_positive" in models[0]}
+    invalid, words = next(((m, w) for m, w in _INVALID.items() if m in models[0]), (None, ""))
+    non_positive = {t: [r for r in models if r["transform"] == t and r.get(invalid, 0) > 0]
+                    for t in sorted({r["transform"] for r in models}) if invalid}
     for transform, bad in non_positive.items():
         total = sum(1 for r in models if r["transform"] == transform)
-        worst = max((r["frac_non_positive"] for r in bad), default=0.0)
-        lines.append(f"{transform}: {len(bad)} of {total} models drew non-positive values"
+        worst = max((r[invalid] for r in bad), default=0.0)
+        lines.append(f"{transform}: {len(bad)} of {total} models drew {words} values"
                      + (f" (at most {worst:.2%} of values)." if bad else "."))
     return lines
 
@@ -175,7 +178,9 @@ def common_metric(records: list[dict], baselines: dict[str, dict]) -> tuple[str,
 
 
 # metrics a ranking can use when the models' own disagree, in order of preference (all lower is better)
-_RANKABLE = ("fid", "fd_classifier", "swd_mean", "wasserstein")
+_RANKABLE = ("fid", "fd_classifier", "swd_mean", "c2st_auc", "wasserstein")
+# the share of values outside the data's support, in the verdict: non-positive (strictly positive data) or negative
+_INVALID = {"frac_non_positive": "non-positive", "frac_negative": "negative or non-finite"}
 
 
 def _collect(cfg: Config) -> tuple[dict[Variant, dict], list[Variant]]:
@@ -258,6 +263,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
                 "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |"]
         out += [f"| {g.label} | {len(g.scores)} | " + " | ".join(_across_seeds(g.records, m) for m in metrics) + " |"
                 for g in sorted(groups, key=lambda g: g.mean)]
+    out += _by_transform_and_noise(groups, metric)
     if missing:
         out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]
     out += ["", *sections]
@@ -265,9 +271,35 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
     return "\n".join(out)
 
 
+def _by_transform_and_noise(groups: list[Group], metric: str) -> list[str]:
+    """With more than one transform: the ranking metric as a noise x transform table (mean ± spread across seeds,
+    or the one seed's interval), the best of each transform in bold, so which transform wins reads across a row."""
+    transforms = sorted({g.transform for g in groups}, key=[g.transform for g in groups].index)
+    if len(transforms) < 2:
+        return []
+    cells = {(g.distribution, g.transform): g for g in groups}
+    best = {t: min((g for g in groups if g.transform == t), key=lambda g: g.mean) for t in transforms}
+
+    def cell(group: Group | None) -> str:
+        if group is None:
+            return ""
+        noise = (f" ± {group.spread:.3g}" if group.spread is not None else
+                 " [{:.3g}, {:.3g}]".format(*group.interval) if group.interval else "")
+        text = f"{group.mean:.3g}{noise}"
+        return f"**{text}**" if group is best[group.transform] else text
+
+    distributions = sorted({g.distribution for g in groups}, key=[g.distribution for g in groups].index)
+    return ["", "## By noise and transform", "",
+            f"{metric}: mean ± standard deviation across seeds (one seed: its interval); the best noise of each "
+            "transform in bold.", "", "| noise | " + " | ".join(transforms) + " |",
+            "| --- | " + " | ".join("---:" for _ in transforms) + " |",
+            *(f"| {d} | " + " | ".join(cell(cells.get((d, t))) for t in transforms) + " |" for d in distributions)]
+
+
 # what the tables show, in this order, when a record has them
-_METRICS = ("fid", "kid", "fd_classifier", "precision", "recall", "class_entropy", "swd_mean", "wasserstein",
-            "log_wasserstein", "correlation_distance", "frac_non_positive")
+_METRICS = ("fid", "kid", "fd_classifier", "precision", "recall", "class_entropy", "swd_mean", "c2st_auc",
+            "wasserstein", "log_wasserstein", "ks", "quantile_01_error", "quantile_99_error", "zero_share_error",
+            "correlation_distance", "frac_non_positive", "frac_negative", "frac_far_rows", "tstr_accuracy")
 
 
 def write_report(cfg: Config) -> dict:
@@ -312,9 +344,12 @@ def write_report(cfg: Config) -> dict:
                     top = min(candidates, key=lambda g: g.mean)
                     best_per_transform[top.label] = np.loadtxt(eval_dir(cfg, first_seed[top.label]) / "samples.csv",
                                                                delimiter=",", skiprows=1, ndmin=2)
-            held_out = load_split(data_dir(cfg), "val").values
-            names = load_manifest(data_dir(cfg)).get("feature_names") or []
+            held_out = table_rows(load_split(data_dir(cfg), "val"), cfg.diffusion.labels)
+            names = column_names(load_manifest(data_dir(cfg)), cfg.diffusion.labels)
             pictures.append(plot_histograms(best_per_transform, held_out, names, out / "histograms.png").name)
+            real = {"held-out": held_out, "training rows": table_rows(load_split(data_dir(cfg), "train"),
+                                                                      cfg.diffusion.labels)}
+            pictures.append(plot_tails(best_per_transform, real, names, out / "tails.png").name)
         labelled = {v.label: (eval_dir(cfg, v), r) for v, r in records.items() if v in first_seed.values()}
         section = copying_section(labelled, baselines, copying_pictures(cfg, labelled, baselines, out))
         atomic_write_text(out / "report.md", _markdown(cfg, rows, missing, groups, baselines, metric, lines,

@@ -170,12 +170,12 @@ def load_trained(path: str | Path) -> TrainedModel:
     tensors, settings = load_safetensors(path, "diffusion model")
     if settings.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a LogDiff model file (expected format {MODEL_FORMAT})")
-    schedule = schedule_from(settings["config"])
+    noise = noise_lib.get(settings["distribution"], **settings["noise_params"])
+    schedule = noise.forward_schedule(schedule_from(settings["config"]))
     denoiser = build_network(settings["network"], schedule)
     denoiser.load_state_dict(under_prefix("denoiser.", tensors))
     fit = under_prefix(TIME_FIT_PREFIX, tensors)
-    return TrainedModel(denoiser.eval(), schedule,
-                        noise_lib.get(settings["distribution"], **settings["noise_params"]),
+    return TrainedModel(denoiser.eval(), schedule, noise,
                         Codec.from_safe(under_prefix("codec.", tensors), settings["codec"]),
                         settings["distribution"], settings["config"], settings.get("feature_names"),
                         time_schedules.FittedSchedule.from_tensors(fit) if fit else None)

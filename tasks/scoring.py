@@ -8,8 +8,8 @@ when there are several, else bootstrapped over the one set (see ``Scorer.score``
 Images: the reference is the training split; the figures come from the judge classifier's features
 (``fd_classifier``, precision, recall, class entropy), from Inception's (FID, KID) when its weights can be had,
 and from pixels (the multi-scale sliced Wasserstein distance) when neither is there or it is asked for.
-Arrays: the reference is the held-out split (the training rows are the real-vs-real floor); per-feature
-Wasserstein distances on both scales, the correlation distance and the non-positive fraction.
+Arrays: the reference is the held-out split (the training rows are the real-vs-real floor); the tabular measures
+of ``tasks.tabular``, ranked by the classifier two-sample test.
 """
 from __future__ import annotations
 
@@ -23,20 +23,22 @@ from scipy import stats
 
 from logdiff_core import classifier as judges
 from logdiff_core import noise as noise_lib
-from logdiff_core.metrics import (array_metrics, class_entropy, covered, feature_statistics, frechet_distance,
+from logdiff_core.metrics import (class_entropy, covered, feature_statistics, frechet_distance,
                                   kernel_inception_distance, knn_radii, sliced_wasserstein_distance)
 
 from .codec import load_codec
 from .config import Config, Variant
-from .data import load_manifest, load_split
+from .data import load_manifest, load_split, table_rows
 from .fid import FIDUnavailable, InceptionFeatures, reference_features, resolve_fid_weights
 from .io import load_safetensors, read_json
 from .paths import MODEL_FILE, classifier_dir, data_dir, fid_reference_file
 from .runtime import resolve_device
 from .sample import TrainedModel, schedule_from
+from .tabular import HIGHER_IS_BETTER as TABULAR_HIGHER_IS_BETTER
+from .tabular import metric_names, tabular_metrics
 
 # Lower is better for all but these, whose best value is the real data's own.
-HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_entropy"})
+HIGHER_IS_BETTER = frozenset({"precision", "recall", "class_entropy", *TABULAR_HIGHER_IS_BETTER})
 REFERENCE_CAP = 10_000  # reference images (training split) for the statistics: enough, and bounded in time
 COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD): seconds per resample
 BASELINES = ("floor", "ceiling", "trivial", "copy")  # what every model is read against (the baselines stage)
@@ -210,12 +212,16 @@ def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None
     common = dict(bootstrap=bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
     if train.kind == "array":
         size = min(n, len(train.values))
-        reference = held_out.values
-        measure = Measure(("wasserstein", "log_wasserstein", "correlation_distance", "frac_non_positive"),
-                          lambda values: {"values": values}, lambda rows: array_metrics(rows["values"], reference))
-        chosen = _champion(cfg, measure.names, "wasserstein")
-        basis = (f"{chosen}: per-feature Wasserstein-1 distance to the held-out split over the feature's std"
-                 if chosen == "wasserstein" else f"{chosen}: set by eval.champion_metric")
+        labels = cfg.diffusion.labels
+        reference = table_rows(held_out, labels)
+        measure = Measure(metric_names(labels), lambda values: {"values": values},
+                          lambda rows: tabular_metrics(rows["values"], reference, labels, cfg.seed), COSTLY_RESAMPLES)
+        chosen = _champion(cfg, measure.names, "c2st_auc")
+        joint = " (features and label)" if labels else ""
+        basis = (f"{chosen}: classifier two-sample test, the held-out AUC of gradient boosting telling generated rows"
+                 f"{joint} from the held-out split's (0.5: indistinguishable); a metric that reads the whole joint "
+                 "law, tails and dependence included, where per-feature distances read one margin at a time"
+                 if chosen == "c2st_auc" else f"{chosen}: set by eval.champion_metric")
         return Scorer("array", size, [measure], chosen, basis, notes={"reference": "held-out split"}, **common)
 
     size = min(n, len(held_out.values))
@@ -274,8 +280,8 @@ def curve_evaluator(cfg: Config, variant: Variant, num_samples: int = 256):
     scorer = build_scorer(cfg, bootstrap=0, max_size=num_samples)
     scorer = replace(scorer, measures=[next(m for m in scorer.measures if scorer.champion in m.names)])
     codec = load_codec(cfg, variant.transform)
-    schedule = schedule_from(cfg.to_dict())
     noise = noise_lib.get(variant.distribution, **cfg.diffusion.distributions[variant.distribution])
+    schedule = noise.forward_schedule(schedule_from(cfg.to_dict()))
 
     def evaluate_now(ema_model: torch.nn.Module, step: int) -> dict:
         model = TrainedModel(ema_model, schedule, noise, codec, variant.distribution, cfg.to_dict())

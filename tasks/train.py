@@ -29,7 +29,7 @@ from logdiff_core.networks import count_parameters
 
 from .codec import latents_manifest, load_codec, load_latents
 from .config import Config, Variant, write_yaml
-from .data import load_manifest
+from .data import column_names, load_manifest
 from .io import (Resumable, atomic_write_text, check_replaceable, fingerprint, sha256_file, stage_output,
                  without_run_length, write_json)
 from .paths import MODEL_FILE, checkpoint_file, data_dir, latents_dir, metrics_file, train_dir
@@ -82,6 +82,12 @@ def _write_history(rows: list[dict], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def _column_names(cfg: Config) -> list[str] | None:
+    """What a trained model's array samples hold, column by column (None for images)."""
+    manifest = load_manifest(data_dir(cfg))
+    return column_names(manifest, cfg.diffusion.labels) if manifest["kind"] == "array" else None
+
+
 def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None = None,
                     evaluator: Evaluator | None = None, progress: bool = True) -> dict:
     """Train (or resume) the denoiser for ``variant``; write its folder (model file, ``history.csv``, ``curve.csv``,
@@ -107,7 +113,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     data = load_latents(cfg, variant.transform, "train").to(device)
     latent_shape = tuple(latents_manifest(cfg, variant.transform)["latent_shape"])
     spec = network_spec(cfg.to_dict(), latent_shape)
-    schedule = schedule_from(cfg.to_dict()).to(device)
+    schedule = noise.forward_schedule(schedule_from(cfg.to_dict())).to(device)
     torch.manual_seed(variant.seed)  # identical initial weights on every rank
     model = build_network(spec, schedule).to(device)
     cuda = device.type == "cuda"
@@ -203,7 +209,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     with stage_output(train_dir(cfg, variant), "train") as out:
         write_yaml(out / "config.yaml", cfg.model_settings(variant))
         save_model(out / MODEL_FILE, ema.model, spec, distribution, params, load_codec(cfg, variant.transform),
-                   cfg.model_settings(variant), load_manifest(data_dir(cfg)).get("feature_names"), time_fit)
+                   cfg.model_settings(variant), _column_names(cfg), time_fit)
         _write_history([{k: v for k, v in row.items() if k != "images_per_s"} for row in history], out / "history.csv")
         _write_history(curve, out / "curve.csv")
         plot_training_curves({variant.label: history}, {variant.label: curve}, out / "curves.png")

@@ -89,9 +89,7 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
     """Per-feature histograms of each generated set (label -> [N, F]) against the held-out split, for the
     ``max_features`` most skewed features (where a log transform matters most), on a log x-axis when everything
     shown is positive."""
-    centred = reference - reference.mean(axis=0)
-    skew = np.abs((centred ** 3).mean(axis=0) / np.maximum(centred.std(axis=0), 1e-12) ** 3)
-    features = np.sort(np.argsort(-skew, kind="stable")[:max_features])
+    features, skew = _most_skewed(reference, max_features)
     fig, axes = plt.subplots(1, len(features), figsize=(3 * len(features), 2.8), squeeze=False)
     for i, ax in zip(features, axes[0]):
         ref = reference[:, i]
@@ -107,6 +105,39 @@ def plot_histograms(generated: dict[str, np.ndarray], reference: np.ndarray, nam
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.tick_params(labelsize=7)
         ax.set_title(f"{names[i] if i < len(names) else f'feature {i}'} (skew {skew[i]:.1f})", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _most_skewed(reference: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``count`` most skewed columns of ``reference`` (by |skewness|, in column order) and every
+    column's |skewness|."""
+    centred = reference - reference.mean(axis=0)
+    skew = np.abs((centred ** 3).mean(axis=0) / np.maximum(centred.std(axis=0), 1e-12) ** 3)
+    return np.sort(np.argsort(-skew, kind="stable")[:count]), skew
+
+
+def plot_tails(generated: dict[str, np.ndarray], real: dict[str, np.ndarray], names: list[str], path: str | Path,
+               max_features: int = 4) -> Path:
+    """The upper tail of the ``max_features`` most skewed features (of the first real set): the survival function
+    P(X >= x) of every set on log-log axes, the real ones in black and grey. A straight line is a power law; a
+    model whose tail bends down before the data's misses its largest values."""
+    reference = next(iter(real.values()))
+    features, skew = _most_skewed(reference, max_features)
+    real_styles = [{"color": "black", "linewidth": 2}, {"color": "0.55", "linewidth": 1.5, "linestyle": "--"}]
+    fig, axes = plt.subplots(1, len(features), figsize=(3.4 * len(features), 3.0), squeeze=False)
+    for i, ax in zip(features, axes[0]):
+        styled = [(label, values, style) for (label, values), style in zip(real.items(), real_styles)]
+        styled += [(label, values, {"linewidth": 1.2}) for label, values in generated.items()]
+        for label, values, style in styled:
+            column = np.sort(values[:, i][np.isfinite(values[:, i]) & (values[:, i] > 0)])
+            survival = 1 - np.arange(len(column)) / len(column)  # P(X >= x) at each sorted value
+            ax.step(column, survival, where="post", label=label, **style)
+        ax.set(xscale="log", yscale="log", xlabel="x")
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{names[i] if i < len(names) else f'feature {i}'} (skew {skew[i]:.1f})", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("P(X >= x)")
     axes[0][0].legend(fontsize=7)
     return save_figure(fig, path)
 

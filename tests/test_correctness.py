@@ -38,8 +38,11 @@ def test_the_log_transform_hint_names_a_real_key():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", noise.names())
 def test_half_precision_noise_is_finite_with_unit_variance(name, dtype):
-    x = noise.get(name).sample((200_000,), generator=torch.Generator().manual_seed(0), dtype=dtype)
+    dist = noise.get(name)
+    x = dist.sample((200_000,), generator=torch.Generator().manual_seed(0), dtype=dtype)
     assert x.dtype == dtype and bool(torch.isfinite(x).all())
+    if not dist.unit_variance:  # alpha-stable below alpha = 2: finite draws, no variance to check
+        return
     x = x.double()
     assert abs(x.mean().item()) < 0.02 and abs(x.var().item() - 1) < 0.05
 

@@ -78,7 +78,7 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     client = MlflowClient()
     for distribution in ("gaussian", "student_t"):
         info = summary["models"][f"{distribution}-identity-0"]
-        assert info["version"] == 1 and info["champion"] and info["metric"] == "fd_classifier"
+        assert info["version"] == 1 and info["champion"] and info["metric"] == "held_out_fd_classifier"
         assert info["low"] < info["score"] < info["high"] and info["beats_trivial"] in (True, False)
         model = client.get_registered_model(f"ngldm-digits-{distribution}")
         assert model.aliases["champion"] == 1 and "lower is better" in model.description
@@ -206,7 +206,8 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     import pandas as pd
 
     tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
-            "eval.num_samples=150", "sample.steps=5", "diffusion.distributions={laplace: {}}"]  # the stage test has more
+            "eval.num_samples=150", "eval.bootstrap=3", "sample.steps=5",
+            "diffusion.distributions={laplace: {}}"]  # the stage test has more
     summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
     assert set(summary["models"]) == {"laplace-identity-0", "laplace-log-0"}
     assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
@@ -218,8 +219,8 @@ def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path
     assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
                 "--steps", "3", "--project-dir", str(tmp_path)]) == 0
     frame = pd.read_csv(out)
-    assert frame.shape == (200, 13) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
-    assert (frame.to_numpy() > 0).all()
+    assert frame.shape == (200, 14) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
+    assert (frame.drop(columns="label").to_numpy() > 0).all() and set(frame["label"]) <= {0, 1, 2}
 
 
 def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):

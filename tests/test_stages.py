@@ -186,10 +186,11 @@ def test_saved_files_are_byte_identical_for_identical_content(tmp_path):
 
 
 def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
-    """wine (strictly positive) -> no autoencoder -> identity and log transforms -> MLP denoiser -> report.
-    The log model's samples stay positive, even with a heavy-tailed noise and few sampling steps."""
+    """wine (strictly positive, labelled) -> no autoencoder -> identity and log transforms -> MLP denoiser ->
+    report. The log model's samples stay positive, even with a heavy-tailed noise and few sampling steps, and
+    carry a label column."""
     cfg = tiny_config(tmp_path / "work", "train.steps=30", "train.log_every=10", "train.eval_every=0",
-                      "network.hidden=32", "eval.num_samples=200", "eval.bootstrap=20", "sample.steps=5",
+                      "network.hidden=32", "eval.num_samples=200", "eval.bootstrap=3", "sample.steps=5",
                       "diffusion.distributions={student_t: {nu: 3}}", preset="wine")
     assert [v.name for v in cfg.variants()] == ["student_t-identity-0", "student_t-log-0"]
     ingest(cfg)
@@ -198,30 +199,31 @@ def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
                                                                    "to the held-out split, not by an image classifier"}
     records = {}
     for variant in cfg.variants():
-        assert encode_latents(cfg, variant.transform)["latent_shape"] == [13]
+        assert encode_latents(cfg, variant.transform)["latent_shape"] == [16]  # 13 features, 3 one-hot classes
         baselines = compute_baselines(cfg, variant.transform)
         assert baselines["ceiling"] is None if "ceiling" in baselines else "no autoencoder" in baselines["ceiling_note"]
         train_diffusion(cfg, variant, progress=False)
         records[variant.transform] = evaluate(cfg, variant)
     log = records["log"]
-    assert log["frac_non_positive"] == 0.0 and log["champion_metric"] == "wasserstein"
+    assert log["frac_negative"] == 0.0 and log["champion_metric"] == "c2st_auc"
     # the floor (142 training rows vs the 36 held-out) and the model are scored at the same sample size
-    assert log["metric_sample_size"] == 142 and 0 <= log["baselines"]["floor"]["wasserstein"] < log["wasserstein"]
-    assert log["ceiling_ratio"] is None and log["wasserstein_low"] < log["wasserstein"] < log["wasserstein_high"]
+    assert log["metric_sample_size"] == 142 and 0 <= log["baselines"]["floor"]["c2st_auc"] < log["c2st_auc"]
+    assert log["ceiling_ratio"] is None and log["c2st_auc_low"] < log["c2st_auc"] < log["c2st_auc_high"]
     samples = load_trained(train_dir(cfg, cfg.variants()[1])).generate(300, steps=3, progress=False)
-    assert samples.shape == (300, 13) and (samples > 0).all()
+    assert samples.shape == (300, 14) and (samples[:, :13] > 0).all() and set(samples[:, 13]) <= {0, 1, 2}
     header = (eval_dir(cfg, cfg.variants()[1]) / "samples.csv").read_text().splitlines()[0]
-    assert header.startswith("alcohol,malic_acid")
+    assert header.startswith("alcohol,malic_acid") and header.endswith(",label")
     assert (eval_dir(cfg, cfg.variants()[1]) / "histograms.png").stat().st_size > 0
 
     summary = write_report(cfg)
     assert set(summary["models"]) == {"student_t-identity-0", "student_t-log-0"}
-    expected_best = min(records.values(), key=lambda r: r["wasserstein"])["transform"]
+    expected_best = min(records.values(), key=lambda r: r["c2st_auc"])["transform"]
     assert summary["best"] == ("student_t" if expected_best == "identity" else "student_t-log")
     table = (cfg.work / "report" / "report.md").read_text()
     assert "| student_t-log | 0 |" in table and "| floor (real vs real) | log |" in table
-    assert f"{records['log']['wasserstein']:.4g}" in table and "log: 0 of 1 models drew non-positive" in table
-    for picture in ("scores.png", "histograms.png"):
+    assert f"{records['log']['c2st_auc']:.4g}" in table and "log: 0 of 1 models drew negative" in table
+    assert "## By noise and transform" in table
+    for picture in ("scores.png", "histograms.png", "tails.png"):
         assert f"]({picture})" in table and (cfg.work / "report" / picture).stat().st_size > 0
 
 
