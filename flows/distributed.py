@@ -13,8 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
-from tqdm.auto import tqdm
-
+from logdiff_core.progress import progress_bar
 from tasks.config import Config, Variant, from_run_dict
 from tasks.paths import train_dir
 from tasks.runtime import StepCallback
@@ -29,11 +28,12 @@ def init_ray(dashboard: bool = False) -> None:
     address = os.environ.get("RAY_ADDRESS")
     # workers must log nothing about usage, and find the same MLflow store as the driver
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "RAY_USAGE_STATS_ENABLED") if k in os.environ}
-    # Ray relays worker output line by line: a progress line every 10 s per worker, not a flood
-    env.setdefault("TQDM_MININTERVAL", "10")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
+        # token authentication, as Ray 2.60 sets up for a local cluster anyway (a token made once, in
+        # ~/.ray/auth_token): asked for explicitly, it comes without a warning on every run
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env={"env_vars": env},
                            log_to_driver=True)
         if dashboard:
@@ -103,7 +103,7 @@ def train_variants(cfg: Config, variants: list[Variant],
     pending = start_training(cfg, variants, callbacks)
     results: dict[str, dict | BaseException] = {}
     try:
-        for name, work in tqdm(pending.items(), desc=f"training {len(pending)} models (Ray)"):
+        for name, work in progress_bar(pending.items(), desc=f"training {len(pending)} models (Ray)"):
             try:
                 results[name] = wait_for(work)
             except Exception as err:  # noqa: BLE001 - reported per model by the caller

@@ -102,7 +102,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
-    return STAGES[stage].run(cfg, item, callback)
+    """Run one stage; its record, with its wall time as ``stage_seconds`` (also kept for the report)."""
+    from tasks.timings import timed
+
+    with timed(cfg, STAGES[stage].dvc_name(item)) as timing:
+        record = STAGES[stage].run(cfg, item, callback)
+    return {**record, "stage_seconds": timing["seconds"]}
 
 
 def stage_names(cfg: Config) -> list[str]:

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .noise import NoiseDistribution
+from .progress import progress_bar
 from .schedules import Schedule
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -192,7 +192,7 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
     trajectory = [] if return_trajectories else None
     denoised = [] if return_trajectories else None
     step = _STEPS[sampler]
-    bar = tqdm(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
+    bar = progress_bar(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
     for i, grid in enumerate(grids):
         if i:  # a restart: the clean samples noised afresh to the grid's first timestep
             abar = ctx.abar_at(grid[0])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import timings
 from .config import Config, Variant
 from .data import load_manifest, load_split
 from .io import atomic_write_text, read_json, stage_output, write_json
@@ -245,6 +246,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
     if missing:
         out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]
     out += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
+    out += timings.markdown(cfg, running="report")
     return "\n".join(out)
 
 

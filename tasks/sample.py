@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from logdiff_core import noise as noise_lib
 from logdiff_core import samplers
 from logdiff_core.diffusion import EpsPreconditioner
 from logdiff_core.networks import SHARED_CONFIG_KEYS, build_denoiser
+from logdiff_core.progress import progress_bar
 from logdiff_core.schedules import Schedule
 
 from .codec import Codec
@@ -79,7 +79,7 @@ class TrainedModel:
         generator = torch.Generator(device=dev).manual_seed(seed)
         outputs, latents, kept = [], [], None
         batches = math.ceil(n / batch_size)
-        for i in tqdm(range(batches), desc=f"sampling {self.distribution}", disable=not progress or batches == 1):
+        for i in progress_bar(range(batches), desc=f"sampling {self.distribution}", disable=not progress or batches == 1):
             count = min(batch_size, n - i * batch_size)
             result = samplers.sample(self.denoiser, schedule, self.noise, (count, *self.codec.latent_shape),
                                      generator=generator, device=dev, progress=progress and batches == 1,
