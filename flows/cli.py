@@ -109,6 +109,7 @@ def _stage(args) -> None:
     from dataclasses import replace
 
     from tasks import config
+    from tasks.timings import mark_run_start
 
     from flows.stages import run_stage
 
@@ -128,6 +129,7 @@ def _stage(args) -> None:
     from flows.stages import stage_params, stage_pictures
 
     name = STAGES[args.name].dvc_name(item)
+    mark_run_start(cfg, None)  # a stage on its own (dvc repro) is no part of the last `logdiff run`'s timings
     with run_log(project, f"stage-{name.replace('@', '-')}") as args.log_path, \
             tracking.standalone_stage_run(cfg, project, name, stage_params(cfg, args.name)) as run_id:
         callback = tracking.MetricLogger(tracking.tracking_uri(project), run_id) if run_id else None

@@ -209,7 +209,7 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_
             if run_if_stale("report", None, lambda: stage_task(run_cfg, "report", parent_id)):
                 tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
                 _report_artifact(cfg, report_file)
-        tracking.log_stage_outputs(parent_id, {"seconds": _stage_seconds(run_cfg)})
+        tracking.log_stage_outputs(parent_id, {"stage_seconds": _stage_seconds(run_cfg)})
         summary["report"] = str(report_file) if report_file.exists() else None
         if any("error" in info for info in summary["models"].values()):
             raise tracking.RunFailed  # the pipeline run ends FAILED too
@@ -218,7 +218,7 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_
 
 def _stage_seconds(cfg: Config) -> dict:
     """The wall time of each stage this run ran (the models' training as one phase), of the rest and in all: the
-    parent run's ``seconds.*`` metrics."""
+    parent run's ``stage_seconds.*`` metrics."""
     summary = timings.phases(cfg)
     return {base: row["seconds"] for base, row in summary["stages"].items()} | {
         key: summary[key] for key in ("other", "total")}

@@ -102,12 +102,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
-    """Run one stage; its record, with its wall time as ``stage_seconds`` (also kept for the report)."""
+    """Run one stage; its record, with its wall time as ``stage_seconds.<stage>`` (a model's run holds its training
+    and its evaluation), also kept for the report."""
     from tasks.timings import timed
 
     with timed(cfg, STAGES[stage].dvc_name(item)) as timing:
         record = STAGES[stage].run(cfg, item, callback)
-    return {**record, "stage_seconds": timing["seconds"]}
+    return {**record, "stage_seconds": {stage: timing["seconds"]}}
 
 
 def stage_names(cfg: Config) -> list[str]:

@@ -29,8 +29,13 @@ def timed(cfg: Config, stage: str) -> Iterator[dict]:
     write_json(timings_dir(cfg) / f"{stage}.json", {"started": started, "seconds": timing["seconds"]})
 
 
-def mark_run_start(cfg: Config, started: float) -> None:
-    write_json(timings_dir(cfg) / f"{RUN}.json", {"started": started})
+def mark_run_start(cfg: Config, started: float | None) -> None:
+    """Record when the current ``logdiff run`` started; None: stages run on their own now (``dvc repro``), so the
+    report lists each stage's last time and no total."""
+    if started is None:
+        (timings_dir(cfg) / f"{RUN}.json").unlink(missing_ok=True)
+    else:
+        write_json(timings_dir(cfg) / f"{RUN}.json", {"started": started})
 
 
 def _recorded(cfg: Config) -> tuple[float | None, dict[str, dict]]:

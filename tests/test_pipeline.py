@@ -90,6 +90,11 @@ def test_first_run_trains_registers_and_leaves_dvc_clean(project):
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "report.json", "scores.png", "samples.png"} <= logged
+    # where the time went: each stage's wall time in its own run, the phases on the pipeline run, and in the report
+    assert gaussian.data.metrics["stage_seconds.train"] > 0 and gaussian.data.metrics["stage_seconds.evaluate"] > 0
+    assert {f"stage_seconds.{name}" for name in ("ingest", "train", "evaluate", "other", "total")} <= set(
+        parent.data.metrics)
+    assert "| train | " in (experiment / "report" / "report.md").read_text().split("## Where the time went")[1]
 
 
 def test_rerun_skips_everything_and_logs_nothing(project):
