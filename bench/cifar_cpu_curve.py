@@ -6,7 +6,7 @@ pipeline's own metric, so that the preset's choices can be read off curves.
     .venv/bin/python bench/cifar_cpu_curve.py autoencoder    # latent shape, width, steps -> ceiling, floor, trivial
     .venv/bin/python bench/cifar_cpu_curve.py denoiser       # residual MLP vs small U-Net, steps -> fd_classifier
     .venv/bin/python bench/cifar_cpu_curve.py samples        # scored sets per model -> interval width, eval time
-    .venv/bin/python bench/cifar_cpu_curve.py compile        # torch.compile on CPU: compile time against step time
+    .venv/bin/python bench/cifar_cpu_curve.py speed          # a training step: bf16, float32, torch.compile
     .venv/bin/python bench/cifar_cpu_curve.py denoiser --only "mlp 1024" --workdir .data/curve   # keep the upstream
 
 Every part starts from the preset (``--preset``, default cifar10-cpu) and changes only what its rows say. The
@@ -56,17 +56,15 @@ AUTOENCODERS = {
     "16x16x4, width 16": ["autoencoder.downsample=2", "autoencoder.latent_channels=4", "autoencoder.base_channels=16"],
     "8x8x4, width 32": ["autoencoder.downsample=4", "autoencoder.latent_channels=4", "autoencoder.base_channels=32"],
 }
-UNET = ["network.kind=unet", "network.base_channels=32", "network.channel_mults=[1, 2]",
+UNET = ["network.kind=unet", "network.base_channels=16", "network.channel_mults=[1, 2, 2]",
         "network.attention_resolution=4", "network.num_heads=4"]
 DENOISERS = {
     "the preset": [],
-    "mlp 512": ["network.hidden=512"],
-    "mlp 1024, 4 blocks": ["network.layers=4"],
-    "steps/2": ["train.steps=2000"],
+    "u-net 16, same CPU-s": [*UNET, "train.steps=1400"],  # a step costs ~2.8x the MLP's (batch 256, bf16)
     "steps x2": ["train.steps=8000"],
-    "u-net 32, 2000 steps": [*UNET, "train.steps=2000"],
-    "float32": ["train.bf16=false"],
-    "no restarts": ["sample.restarts=0"],
+    "steps/2": ["train.steps=2000"],
+    "mlp 2048": ["network.hidden=2048"],
+    "no restarts": ["sample.restarts=0"],  # sampling only: the preset's model, when it is the last one trained
 }
 SET_COUNTS = (1, 2, 5, 10)  # scored sets of the held-out size per model, for the samples part
 
@@ -139,20 +137,31 @@ def denoiser_part(args, base: Path) -> None:
     for name, overrides in selected(DENOISERS, args.only).items():
         cfg = load(args, [*overrides, "diffusion.distributions={%s: {}}" % args.distribution], upstream.work)
         variant = Variant(args.distribution, "identity", cfg.train.seeds[0])
-        checkpoint_file(cfg, variant.name).unlink(missing_ok=True)  # "steps x2" must not resume "the preset"
-        _, train_cpu = cpu_seconds(lambda: train_diffusion(cfg, variant, progress=False))
+        train_cpu = train_unless_trained(cfg, variant)
         record, eval_cpu = cpu_seconds(lambda: evaluate(cfg, variant))
         first = first or record
         metric = record["champion_metric"]
         interval = f"{record[metric]:.3g} [{record[metric + '_low']:.3g}, {record[metric + '_high']:.3g}]"
         ratio = (f"{record['ceiling_ratio']:.2f} [{record['ceiling_ratio_low']:.2f}, "
                  f"{record['ceiling_ratio_high']:.2f}]")
-        print(f"{name:<22}{train_cpu:>12.0f}{eval_cpu:>11.0f}  {interval:<24}{ratio:<20}{record['precision']:>10.2f}"
+        trained = "(reused)" if train_cpu is None else f"{train_cpu:.0f}"
+        print(f"{name:<22}{trained:>12}{eval_cpu:>11.0f}  {interval:<24}{ratio:<20}{record['precision']:>10.2f}"
               f"{record['recall']:>8.2f}", flush=True)
     if first:
         metric = first["champion_metric"]
         print(f"baselines ({first['metric_sample_size']} samples): " + ", ".join(
             f"{name} {scores[metric]:.3g}" for name, scores in first["baselines"].items()))
+
+
+def train_unless_trained(cfg, variant: Variant) -> float | None:
+    """Train ``variant`` afresh unless its folder holds a model of exactly these settings (rows that change only
+    the sampling reuse it); the training's CPU-seconds, or None when reused."""
+    trained = train_dir(cfg, variant) / "record.json"
+    record = read_json(trained) if trained.exists() else {}
+    if (record.get("fingerprint"), record.get("steps")) == (training_fingerprint(cfg, variant), cfg.train.steps):
+        return None
+    checkpoint_file(cfg, variant.name).unlink(missing_ok=True)  # "steps x2" must not resume "the preset"
+    return cpu_seconds(lambda: train_diffusion(cfg, variant, progress=False))[1]
 
 
 def samples_part(args, base: Path) -> None:
@@ -161,12 +170,7 @@ def samples_part(args, base: Path) -> None:
     upstream = load(args, ["diffusion.distributions={%s: {}}" % args.distribution], base / "upstream")
     prepare(upstream, upstream.work)
     variant = Variant(args.distribution, "identity", upstream.train.seeds[0])
-    trained = train_dir(upstream, variant) / "record.json"
-    record = read_json(trained) if trained.exists() else {}
-    if (record.get("fingerprint"), record.get("steps")) != (training_fingerprint(upstream, variant),
-                                                           upstream.train.steps):
-        checkpoint_file(upstream, variant.name).unlink(missing_ok=True)
-        train_diffusion(upstream, variant, progress=False)
+    train_unless_trained(upstream, variant)
     model = load_trained(train_dir(upstream, variant))
     scorer = build_scorer(upstream)
     options = asdict(upstream.sample)  # every sample setting, as the evaluate stage passes them
@@ -183,40 +187,43 @@ def samples_part(args, base: Path) -> None:
               + f"{half:>11.3g}", flush=True)
 
 
-def compile_part(args, base: Path) -> None:
-    """The preset's denoiser trained eagerly and under torch.compile on CPU: what compiling costs and gains."""
+def speed_part(args, base: Path) -> None:
+    """A training step of the preset's denoiser: bf16 autocast (where the CPU has bf16 units), float32, and under
+    torch.compile: what compiling costs (its first step) and gains (the steps after)."""
     from logdiff_core import noise as noise_lib
     from logdiff_core.diffusion import training_loss
     from tasks.runtime import bf16_autocast
     from tasks.sample import build_network, network_spec, schedule_from
 
     cfg = load(args, [], base / "upstream")
-    prepare(cfg, cfg.work, ("data", "autoencoder"))
-    from tasks.codec import latents_manifest
-
-    shape = tuple(latents_manifest(cfg, "identity")["latent_shape"])
+    side = 32 // cfg.autoencoder.downsample  # CIFAR-10's 32x32 images; no data needed
+    shape = (cfg.autoencoder.latent_channels, side, side)
     schedule = schedule_from(cfg.to_dict())
     x0 = torch.randn(cfg.train.batch_size, *shape)
     noise = noise_lib.get(args.distribution)
-    print(f"{'mode':<10}{'first step CPU-s':>18}{'ms per step after':>19}")
-    for mode in ("eager", "compiled"):
+    # compiling runs a C++ compiler in other processes, which this process's CPU time misses: wall time too
+    print(f"{'mode':<18}{'first step s (wall)':>20}{'CPU-ms per step after':>23}")
+    for mode, bf16, compiled in (("bf16", True, False), ("float32", False, False), ("bf16, compiled", True, True),
+                                 ("float32, compiled", False, True)):
         torch.manual_seed(0)
         model = build_network(network_spec(cfg.to_dict(), shape), schedule)
-        stepped = torch.compile(model) if mode == "compiled" else model
+        stepped = torch.compile(model) if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, fused=True)
 
         def step():
-            with bf16_autocast(torch.device("cpu"), cfg.train.bf16):
+            with bf16_autocast(torch.device("cpu"), bf16):
                 loss = training_loss(stepped, schedule, noise, x0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        _, first = cpu_seconds(step)
-        for _ in range(3):  # settle (recompiles for the last batch shape, allocator)
+        began = time.perf_counter()
+        step()
+        first = time.perf_counter() - began
+        for _ in range(3):  # settle (allocator, any recompilation)
             step()
         _, later = cpu_seconds(lambda: [step() for _ in range(20)])
-        print(f"{mode:<10}{first:>18.1f}{later / 20 * 1000:>19.1f}", flush=True)
+        print(f"{mode:<18}{first:>20.1f}{later / 20 * 1000:>23.1f}", flush=True)
 
 
 def selected(rows: dict, only: list[str] | None) -> dict:
@@ -224,7 +231,7 @@ def selected(rows: dict, only: list[str] | None) -> dict:
 
 
 PARTS = {"judge": judge_part, "autoencoder": autoencoder_part, "denoiser": denoiser_part, "samples": samples_part,
-         "compile": compile_part}
+         "speed": speed_part}
 
 
 def main(argv: list[str] | None = None) -> None:
