@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from flows.stages import STAGES
@@ -124,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with a command's options accepted before or after its preset and overrides
+    (``logdiff run cifar10 --project-dir DIR key=value``)."""
+    parser = build_parser()
+    args, unparsed = parser.parse_known_args(argv)
+    if not unparsed:
+        return args
+    # Options after a positional leave the positionals that follow unparsed: parse the command's arguments again,
+    # intermixed (argparse's intermixed parsing takes no subcommands, so the command's own parser does it).
+    argv = sys.argv[1:] if argv is None else list(argv)
+    (commands,) = (action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return commands[args.command].parse_intermixed_args(argv[argv.index(args.command) + 1:],
+                                                        argparse.Namespace(command=args.command))
+
+
 def _stage(args) -> None:
     from dataclasses import replace
 
@@ -131,6 +147,7 @@ def _stage(args) -> None:
     from flows.project import experiment_of
     from flows.runlog import run_log
     from flows.stages import run_stage, stage_params, stage_pictures
+    from tasks.timings import mark_run_start
 
     cfg, project, experiment = experiment_of(args.params)
     cfg = replace(cfg, workdir=str(experiment))
@@ -143,6 +160,7 @@ def _stage(args) -> None:
     elif STAGES[args.name].fan_out == "transform":
         item = cfg.transform(args.transform)
     name = STAGES[args.name].dvc_name(item)
+    mark_run_start(cfg, None)  # a stage on its own (dvc repro) is no part of the last `logdiff run`'s timings
     with run_log(project, f"stage-{name.replace('@', '-')}") as args.log_path, \
             tracking.standalone_stage_run(cfg, project, name, stage_params(cfg, args.name)) as run_id:
         callback = tracking.MetricLogger(tracking.tracking_uri(project), run_id) if run_id else None
@@ -198,7 +216,7 @@ def _run(args) -> int:
     check_before_running(args.preset, args.overrides)  # mistakes are one-line errors before anything starts
     with project_lock(project), run_log(project, "run") as args.log_path, prefect_api():
         summary = run_pipeline(args.preset, args.overrides, project_dir=str(project), force=args.force,
-                               ray_dashboard=args.ray_dashboard)
+                               ray_dashboard=args.ray_dashboard, started=args.started)
         stop_ray()
     print_summary(summary)
     return 1 if any("error" in info for info in summary["models"].values()) else 0
@@ -252,8 +270,9 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; any failure is one line on stderr (the full trace goes to the command's log file, named in
     that line): exit 2 for a mistake the user can fix, 1 for anything else, 130 on Ctrl-C."""
-    args = build_parser().parse_args(argv)
-    args.log_path = None
+    started = time.time()  # the report says what start-up took (the heavy imports come after this)
+    args = parse_args(argv)
+    args.log_path, args.started = None, started
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:

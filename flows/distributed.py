@@ -16,11 +16,10 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
-from tqdm.auto import tqdm
-
 import flows
 import logdiff_core
 import tasks
+from logdiff_core.progress import progress_bar
 from tasks.config import Config, Variant, from_run_dict
 from tasks.paths import ray_results_dir, train_dir
 from tasks.runtime import StepCallback
@@ -178,7 +177,7 @@ def train_variants(cfg: Config, variants: list[Variant],
     pending = start_training(cfg, variants, callbacks)
     results: dict[str, dict | BaseException] = {}
     try:
-        for name, work in tqdm(pending.items(), desc=f"training {len(pending)} models (Ray)"):
+        for name, work in progress_bar(pending.items(), desc=f"training {len(pending)} models (Ray)"):
             try:
                 results[name] = wait_for(work)
             except Exception as err:  # noqa: BLE001 - reported per model by the caller

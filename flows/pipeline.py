@@ -10,6 +10,7 @@ One MLflow parent run per flow run (with the comparison report); a child run per
 """
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from flows import tracking
 from flows.cluster import check_cluster, publish_inputs, pull_outputs, push_outputs
 from flows.project import StaleStages, prepare_experiment, project_lock
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
-from tasks import config
+from tasks import config, timings
 from tasks.config import Config, Variant
 from tasks.data import load_manifest
 from tasks.io import read_json, write_json
@@ -146,13 +147,15 @@ def dataset_name(cfg: Config) -> str:
 
 @flow(name="logdiff-pipeline", log_prints=True)
 def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_dir: str = ".",
-             force: bool = False, ray_dashboard: bool = False):
+             force: bool = False, ray_dashboard: bool = False, started: float | None = None):
     """Run every stale stage of the pipeline for ``preset`` + ``overrides`` in ``project_dir``. Ends Failed (with
-    the summary as its data) when a model failed."""
+    the summary as its data) when a model failed. ``started``: when the command started (epoch seconds), for the
+    report's timings (default: now)."""
     project = Path(project_dir).resolve()
     cfg = config.load(preset, overrides or [])
     with project_lock(project):
-        summary = _run_stale_stages(cfg, preset, project, force, ray_dashboard, get_run_logger())
+        summary = _run_stale_stages(cfg, preset, project, force, ray_dashboard, get_run_logger(),
+                                    started or time.time())
         push_outputs(cfg, Path(summary["pipeline"]))
     failed = [name for name, info in summary["models"].items() if "error" in info]
     if failed:
@@ -160,10 +163,12 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     return summary
 
 
-def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_dashboard: bool, logger) -> dict:
+def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_dashboard: bool, logger,
+                      started: float) -> dict:
     pipeline_files = prepare_experiment(project, cfg)
     # stages resolve paths against the experiment folder, wherever Prefect or Ray run them
     run_cfg = replace(cfg, workdir=str(pipeline_files.experiment))
+    timings.mark_run_start(run_cfg, started)
     pull_outputs(run_cfg, pipeline_files.folder)  # from a DVC remote, if set: made elsewhere, not made again
     variants = cfg.variants()
     stale = StaleStages(pipeline_files.folder, stage_names(cfg), force)
@@ -211,10 +216,19 @@ def _run_stale_stages(cfg: Config, preset: str, project: Path, force: bool, ray_
             if run_if_stale("report", None, lambda: stage_task(run_cfg, "report", parent_id)):
                 tracking.log_stage_outputs(parent_id, {}, stage_pictures(run_cfg, "report"))
                 _report_artifact(cfg, report_file)
+        tracking.log_stage_outputs(parent_id, {"stage_seconds": _stage_seconds(run_cfg)})
         summary["report"] = str(report_file) if report_file.exists() else None
         if any("error" in info for info in summary["models"].values()):
             raise tracking.RunFailed  # the pipeline run ends FAILED too
     return summary
+
+
+def _stage_seconds(cfg: Config) -> dict:
+    """The wall time of each stage this run ran (the models' training as one phase), of the rest and in all: the
+    parent run's ``stage_seconds.*`` metrics."""
+    summary = timings.phases(cfg)
+    return {base: row["seconds"] for base, row in summary["stages"].items()} | {
+        key: summary[key] for key in ("other", "total")}
 
 
 def _all_registered(cfg: Config) -> dict | None:
@@ -286,11 +300,14 @@ def check_before_running(preset: str, overrides: list[str]) -> Config:
 
 
 def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False,
-                 ray_dashboard: bool = False) -> dict:
-    """Run the flow; its summary (also when a model failed, which the summary says)."""
+                 ray_dashboard: bool = False, started: float | None = None) -> dict:
+    """Run the flow; its summary (also when a model failed, which the summary says). ``started``: when the
+    command started (epoch seconds; default: now), so that the report's timings hold the start-up."""
+    started = started or time.time()
     check_before_running(preset, overrides)
     with project_lock(Path(project_dir)):  # and so is a busy project; the flow re-enters the lock
-        state = pipeline(preset, list(overrides), str(project_dir), force, ray_dashboard, return_state=True)
+        state = pipeline(preset, list(overrides), str(project_dir), force, ray_dashboard, started,
+                         return_state=True)
     if state.is_failed() and isinstance(data := state.result(raise_on_failure=False), dict):
         return data
     return state.result()

@@ -106,11 +106,22 @@ def dvc(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def _in_git(folder: Path) -> bool:
+def _git_top(folder: Path) -> Path | None:
+    """The top folder of the git repository holding ``folder``, or None outside git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True).returncode == 0
+        result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True)
     except OSError:  # no git installed
-        return False
+        return None
+    return Path(result.stdout.strip()).resolve() if result.returncode == 0 else None
+
+
+def _init_options(project: Path) -> list[str]:
+    """``dvc init``'s options for ``project``: no SCM outside git or in a folder git ignores, ``--subdir`` in a
+    folder inside a repository (``dvc init`` refuses both places without them)."""
+    top = _git_top(project)
+    if top is None or subprocess.run(["git", "check-ignore", "-q", str(project)], cwd=project).returncode == 0:
+        return ["--no-scm"]
+    return [] if top == project.resolve() else ["--subdir"]
 
 
 def pipeline_text(work: str) -> str:
@@ -166,9 +177,9 @@ def prepare_experiment(project: Path, cfg: Config) -> Pipeline:
     """Make ``project`` a DVC repository (once), then write ``cfg``'s pipeline and resolved config: at the project
     root for the root experiment, else in the experiment's folder, made a nested DVC repository."""
     project.mkdir(parents=True, exist_ok=True)
-    in_git = _in_git(project)
+    in_git = _git_top(project) is not None
     if not (project / ".dvc").is_dir():
-        dvc(project, ["init", "--quiet", *([] if in_git else ["--no-scm"])])
+        dvc(project, ["init", "--quiet", *_init_options(project)])
         dvc(project, ["config", "core.autostage", "false"])
     folder = (project / cfg.work).resolve()
     if not folder.is_relative_to(project) or folder == project:

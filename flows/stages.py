@@ -160,11 +160,16 @@ REPORT_PLOTS = ("scores.png", "curves.png")  # pictures `dvc plots show` renders
 
 def run_stage(cfg: Config, stage: str, item: Item = None, callback: StepCallback | None = None) -> dict:
     """Run one stage; with an object store (``cluster.storage``), its inputs are fetched where the experiment
-    folder lacks them and its outputs published when it succeeds (``tasks/storage.py``)."""
+    folder lacks them and its outputs published when it succeeds (``tasks/storage.py``). Its record, with its wall
+    time as ``stage_seconds.<stage>`` (a model's run holds its training and its evaluation), is also kept for the
+    report."""
     from tasks.storage import staged
+    from tasks.timings import timed
 
-    with staged(cfg, STAGES[stage].output(cfg, item), STAGES[stage].input_outputs(cfg, item)):
-        return STAGES[stage].run(cfg, item, callback)
+    with timed(cfg, STAGES[stage].dvc_name(item)) as timing, \
+            staged(cfg, STAGES[stage].output(cfg, item), STAGES[stage].input_outputs(cfg, item)):
+        record = STAGES[stage].run(cfg, item, callback)
+    return {**record, "stage_seconds": {stage: timing["seconds"]}}
 
 
 def stage_names(cfg: Config) -> list[str]:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 SMALL_IMAGE = 16  # sides up to this use the small CNN
 
@@ -86,14 +87,16 @@ def augment(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def train_judge(model: Judge, images: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                generator: torch.Generator, device: torch.device | str = "cpu", progress: bool = True) -> dict:
+                generator: torch.Generator, device: torch.device | str = "cpu", progress: bool = True,
+                bf16: bool = False) -> dict:
     """AdamW with a one-cycle learning rate (20% warm-up, then linear decay to 0), label smoothing 0.1 and
-    ``augment``; bf16 autocast and channels_last on CUDA. Deterministic on CPU for a seeded ``generator``."""
+    ``augment``; bf16 autocast when ``bf16`` (the caller decides whether the device has it), with channels_last
+    (on a CPU with bf16 units: 2.3x the images per CPU-second of float32 for a width-16 ResNet-9, 1.5x for the
+    digits' CNN, which float32 channels_last would slow down 2x). Deterministic on CPU for a seeded ``generator``."""
     device = torch.device(device)
-    cuda = device.type == "cuda"
     model.to(device).train()
-    if cuda:
-        model.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if bf16 or device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)
     data = to_input(images).to(device)
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
@@ -101,12 +104,10 @@ def train_judge(model: Judge, images: np.ndarray, labels: np.ndarray, *, steps: 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
     began, losses = time.perf_counter(), []
-    for _ in tqdm(range(steps), desc="judge classifier", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), desc="judge classifier", disable=not progress, leave=False):
         index = torch.randint(0, len(data), (batch_size,), generator=generator).to(device)
-        x = augment(data[index], generator)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        x = augment(data[index], generator).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), targets[index], label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

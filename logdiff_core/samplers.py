@@ -19,10 +19,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import solvers
 from .noise import NoiseDistribution
+from .progress import progress_bar
 from .schedules import Schedule
 from .streams import SampleStreams
 
@@ -273,7 +273,7 @@ def sample(model: nn.Module | EpsFn, schedule: Schedule, noise: NoiseDistributio
     trajectory = [] if return_trajectories else None
     denoised = [] if return_trajectories else None
     step = noise.sampler_steps.get(sampler, SAMPLERS[sampler].step)  # alpha-stable brings DLPM's ancestral step
-    bar = tqdm(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
+    bar = progress_bar(total=sum(map(len, grids)), desc=f"{sampler} sampling", disable=not progress, leave=False)
     for i, grid in enumerate(grids):
         ctx.state = {}
         if i:  # a restart: the clean samples noised afresh to the grid's first timestep

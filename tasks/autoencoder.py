@@ -13,16 +13,16 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from logdiff_core.autoencoder import ConvAutoencoder, PatchDiscriminator, gradient_loss, hinge_d_loss, hinge_g_loss
 from logdiff_core.networks import count_parameters
+from logdiff_core.progress import progress_bar
 
 from .config import Config, write_yaml
 from .data import float_to_images, images_to_float, load_split
 from .io import Resumable, fingerprint, save_safetensors, stage_output, without_run_length, write_json
 from .paths import MODEL_FILE, autoencoder_dir, checkpoint_file, data_dir, metrics_file
-from .runtime import StepCallback, resolve_device, seed_everything
+from .runtime import StepCallback, bf16_autocast, resolve_device, seed_everything
 from .visuals import save_image_grid
 
 # The figure worth comparing across experiments; the reconstructions' score on the pipeline's metric is the
@@ -80,23 +80,29 @@ def train_autoencoder(cfg: Config, callback: StepCallback | None = None) -> dict
         start = state["step"]
 
     use_adv = ae_cfg.adversarial_weight > 0
+    # bf16 on CPU: 1.7x the images per CPU-second for the cifar10-cpu autoencoder (channels_last would cost as
+    # much again: GroupNorm has no fast channels_last path on CPU)
+    autocast = bf16_autocast(device, ae_cfg.bf16)
     began = time.perf_counter()
-    bar = tqdm(range(start, ae_cfg.steps), desc="autoencoder", initial=start, total=ae_cfg.steps)
+    bar = progress_bar(range(start, ae_cfg.steps), desc="autoencoder", initial=start, total=ae_cfg.steps)
     for step in bar:
         model.train()
         x = data[torch.randint(0, len(data), (ae_cfg.batch_size,), generator=gen).to(device)]
-        x_hat, kl = model(x)
-        losses = {"l1": F.l1_loss(x_hat, x), "gradient": gradient_loss(x_hat, x), "kl": kl}
-        loss = losses["l1"] + ae_cfg.gradient_weight * losses["gradient"] + ae_cfg.kl_weight * kl
         adversarial_on = use_adv and step >= ae_cfg.adversarial_start
-        if adversarial_on:
-            losses["adversarial"] = hinge_g_loss(disc(x_hat))
-            loss = loss + ae_cfg.adversarial_weight * losses["adversarial"]
+        with autocast:
+            x_hat, kl = model(x)
+            x_hat, kl = x_hat.float(), kl.float()
+            losses = {"l1": F.l1_loss(x_hat, x), "gradient": gradient_loss(x_hat, x), "kl": kl}
+            loss = losses["l1"] + ae_cfg.gradient_weight * losses["gradient"] + ae_cfg.kl_weight * kl
+            if adversarial_on:
+                losses["adversarial"] = hinge_g_loss(disc(x_hat).float())
+                loss = loss + ae_cfg.adversarial_weight * losses["adversarial"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if adversarial_on:
-            losses["discriminator"] = hinge_d_loss(disc(x), disc(x_hat.detach()))
+            with autocast:
+                losses["discriminator"] = hinge_d_loss(disc(x).float(), disc(x_hat.detach()).float())
             opt_d.zero_grad(set_to_none=True)
             losses["discriminator"].backward()
             opt_d.step()

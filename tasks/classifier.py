@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from logdiff_core.classifier import Judge, accuracy, predict, train_judge
+from logdiff_core.intervals import wilson_interval
 from logdiff_core.networks import count_parameters
 
 from .config import Config, write_yaml
 from .data import Dataset, load_split
 from .io import save_safetensors, stage_output, write_json
 from .paths import MODEL_FILE, classifier_dir, data_dir, metrics_file
-from .runtime import resolve_device
+from .runtime import bf16_enabled, resolve_device
 
 
 def why_no_judge(cfg: Config, train: Dataset) -> str | None:
@@ -47,9 +48,13 @@ def train_classifier(cfg: Config) -> dict:
     model = Judge(train.values.shape[1], num_classes, train.values.shape[-1], settings.base_channels)
     device = resolve_device(cfg.train.device)
     run = train_judge(model, train.values, train.labels, steps=settings.steps, batch_size=settings.batch_size,
-                      lr=settings.lr, generator=torch.Generator().manual_seed(cfg.seed), device=device)
+                      lr=settings.lr, generator=torch.Generator().manual_seed(cfg.seed), device=device,
+                      bf16=bf16_enabled(device, settings.bf16))
     held_out_accuracy = accuracy(predict(model, held_out.values, device=device)[1], held_out.labels)
-    record = {"available": True, "accuracy": held_out_accuracy, "held_out": len(held_out.values),
+    # 95% Wilson interval: how sure the figure is from this many held-out images (inside [0, 1], unlike +- 2 SE)
+    low, high = wilson_interval(round(held_out_accuracy * len(held_out.values)), len(held_out.values))
+    record = {"available": True, "accuracy": held_out_accuracy, "accuracy_low": low, "accuracy_high": high,
+              "held_out": len(held_out.values),
               "classes": num_classes, "feature_dim": model.feature_dim, "parameters": count_parameters(model),
               "steps": settings.steps, "final_loss": run["final_loss"], "device": str(device)}
     with stage_output(classifier_dir(cfg), "classifier") as out:
@@ -57,5 +62,6 @@ def train_classifier(cfg: Config) -> dict:
         save_safetensors(out / MODEL_FILE, model.state_dict(),
                          {"init": model.init_args, "class_names": train.manifest.get("class_names")})
         write_json(out / "record.json", record)
-    write_json(metrics_file(cfg, "classifier"), {"accuracy": held_out_accuracy, "seconds": run["seconds"]})
+    write_json(metrics_file(cfg, "classifier"), {"accuracy": held_out_accuracy, "accuracy_low": low,
+                                                 "accuracy_high": high, "seconds": run["seconds"]})
     return {**record, "seconds": run["seconds"]}

@@ -95,6 +95,7 @@ class AutoencoderConfig:
     lr: float = 2e-4
     checkpoint_every: int = 500
     log_every: int = 50
+    bf16: bool = True  # bfloat16 autocast on CUDA and on CPUs with bf16 units (as train.bf16)
 
     _choices = {"kind": ("conv", "none"), "downsample": _registry("logdiff_core.autoencoder", "DOWNSAMPLE_FACTORS")}
     _ranges = {"latent_channels": COUNT, "base_channels": COUNT, "kl_weight": NON_NEGATIVE,
@@ -201,6 +202,7 @@ class ClassifierConfig:
     batch_size: int = 128
     lr: float = 2e-3
     base_channels: int = 32
+    bf16: bool = True  # bfloat16 autocast (and channels_last) on CUDA and on CPUs with bf16 units (as train.bf16)
 
     _choices = {"kind": ("auto", "none")}
     _ranges = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "base_channels": COUNT}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from logdiff_core.progress import progress_bar
 from tasks.io import atomic_save_with
 
 WEIGHTS_ENV = "LOGDIFF_FID_WEIGHTS"
@@ -105,7 +105,7 @@ class InceptionFeatures:
             raise ValueError(f"InceptionFeatures expects images [N, 1 or 3, H, W], got {tuple(images.shape)}")
         batches = []
         with torch.no_grad():
-            for start in tqdm(range(0, len(images), batch_size), desc="inception features", unit="batch",
+            for start in progress_bar(range(0, len(images), batch_size), desc="inception features", unit="batch",
                               disable=None, leave=False):
                 batch = images[start:start + batch_size].to(self.device).expand(-1, 3, -1, -1)
                 (features,) = self.network(batch)

@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from logdiff_core import samplers
+from logdiff_core.progress import progress_bar
 
 from .config import Config, Variant
 from .evaluate import read_against_baselines
@@ -117,7 +117,7 @@ def run_frontier(cfg: Config, variants: list[Variant] | None = None, samplers_: 
     device = str(resolve_device(cfg.train.device))
     settings = [Setting(s, ts, e) for s in samplers_ for ts in time_schedules for e in evaluations]
     workers = min(len(variants), os.cpu_count() or 1) if device == "cpu" else 1
-    bar = tqdm(total=len(variants) * (len(settings) + len(REFERENCES)), desc="frontier", disable=not progress)
+    bar = progress_bar(total=len(variants) * (len(settings) + len(REFERENCES)), desc="frontier", disable=not progress)
     if workers == 1:
         measured = [model_frontier(cfg, v, settings, n, device, bar.update) for v in variants]
     else:

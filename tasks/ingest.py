@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
 from torchvision.datasets import CIFAR10
-from tqdm import tqdm
 
+from logdiff_core.progress import progress_bar
 from tasks.config import Config, DataConfig
 from tasks.data import MANIFEST, content_hash, shard_name, to_table
 from tasks.io import atomic_save_with, check_replaceable, stage_output, write_json
@@ -261,7 +261,7 @@ def _image_folder(data: DataConfig, scratch: Path) -> _Source:
         class_names = sorted({class_name for _, class_name in layout})
         label_of = {class_name: label for label, class_name in enumerate(class_names)}
         pixels, labels, skipped = [], [], []
-        for name, class_name in tqdm(layout, desc=f"decoding {path.name}", unit="img"):
+        for name, class_name in progress_bar(layout, desc=f"decoding {path.name}", unit="img"):
             try:
                 with Image.open(io.BytesIO(read(name))) as img:
                     grey = img.mode in GREY_MODES

@@ -62,6 +62,11 @@ def state_dir(cfg: Config) -> Path:
     return cfg.work / STATE
 
 
+def timings_dir(cfg: Config) -> Path:
+    """The wall time of each stage's last run, and the current run's start (``tasks/timings.py``)."""
+    return state_dir(cfg) / "timings"
+
+
 def checkpoint_file(cfg: Config, name: str) -> Path:
     """Where a training stage (``autoencoder``, or a variant's name) keeps its resume state."""
     return state_dir(cfg) / "checkpoints" / f"{name}.pt"

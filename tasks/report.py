@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from . import timings
 from .config import Config, Variant
 from .copying import copying_pictures, copying_section, copying_verdict
 from .data import column_names, load_manifest, load_split, table_rows
@@ -268,6 +269,7 @@ def _markdown(cfg: Config, rows: dict[Variant, dict], missing: list[Variant], gr
         out += ["", "Not evaluated (training failed or not run): " + ", ".join(v.name for v in missing) + "."]
     out += ["", *sections]
     out += ["", *(f"![{Path(p).stem}]({p})" for p in pictures), ""]
+    out += timings.markdown(cfg, running="report")
     return "\n".join(out)
 
 

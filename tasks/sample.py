@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from logdiff_core import noise as noise_lib
 from logdiff_core import samplers, time_schedules
 from logdiff_core.diffusion import EpsPreconditioner
 from logdiff_core.networks import SHARED_CONFIG_KEYS, build_denoiser
+from logdiff_core.progress import progress_bar
 from logdiff_core.schedules import Schedule
 from logdiff_core.streams import SampleStreams
 
@@ -103,7 +103,8 @@ class TrainedModel:
             opts["restart_steps"] = self.grid(time_schedule, opts["restart_steps"], opts["restart_t"], str(dev))
         outputs, latents, kept, evaluations = [], [], None, 0
         batches = math.ceil(n / batch_size)
-        for i in tqdm(range(batches), desc=f"sampling {self.distribution}", disable=not progress or batches == 1):
+        for i in progress_bar(range(batches), desc=f"sampling {self.distribution}",
+                              disable=not progress or batches == 1):
             first = i * batch_size
             count = min(batch_size, n - first)
             result = samplers.sample(self.denoiser, schedule, self.noise, (count, *self.codec.latent_shape),

@@ -13,7 +13,8 @@ of ``tasks.tabular``, ranked by the classifier two-sample test.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Callable
 
@@ -23,6 +24,7 @@ from scipy import stats
 
 from logdiff_core import classifier as judges
 from logdiff_core import noise as noise_lib
+from logdiff_core.intervals import bootstrap_means, leaves_range, percentile_interval
 from logdiff_core.metrics import (class_entropy, covered, feature_statistics, frechet_distance,
                                   kernel_inception_distance, knn_radii, sliced_wasserstein_distance)
 
@@ -43,6 +45,7 @@ REFERENCE_CAP = 10_000  # reference images (training split) for the statistics: 
 COSTLY_RESAMPLES = 20  # intervals of metrics computed on images (Inception, SWD): seconds per resample
 BASELINES = ("floor", "ceiling", "trivial", "copy")  # what every model is read against (the baselines stage)
 HELD_OUT = "held_out_"  # prefix of the figures scored against the held-out split (images; arrays always are)
+PROPORTION, DISTANCE = (0.0, 1.0), (0.0, math.inf)  # the ranges of bounded metrics, which intervals keep to
 
 
 CEILING_RATIO_KEYS = ("ceiling_ratio", "ceiling_ratio_low", "ceiling_ratio_high")  # x ceiling and its interval
@@ -70,12 +73,14 @@ def subset(values: np.ndarray, n: int, seed: int) -> np.ndarray:
 @dataclass
 class Measure:
     """Metrics computed from a per-sample representation (``embed``: samples -> rows), so that a bootstrap only
-    resamples rows of it; ``resamples`` caps the bootstrap for metrics that cost seconds each."""
+    resamples rows of it; ``resamples`` caps the bootstrap for metrics that cost seconds each; ``bounds`` the
+    range of bounded metrics (a proportion in [0, 1], a distance >= 0), which their intervals keep to."""
 
     names: tuple[str, ...]
     embed: Callable[[np.ndarray], dict[str, np.ndarray]]
     measure: Callable[[dict[str, np.ndarray]], dict[str, float]]
     resamples: int | None = None
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +104,9 @@ class Scorer:
         scored as ``k`` disjoint sets of ``size``. With ``k >= 2`` the value is their mean and the interval comes
         from their spread (Student t): independent draws, so it is the model's own sampling noise. One set is
         bootstrapped instead: ``value +- z * SE`` with the standard error over resampled rows (a percentile
-        interval would sit off-centre: duplicates inflate a Fréchet distance, while its spread is estimated well)."""
+        interval would sit off-centre: duplicates inflate a Fréchet distance, while its spread is estimated well).
+        Where that interval leaves a bounded metric's range (a recall of 0.0003 +- 0.0005), it is the percentile
+        interval of the bootstrap draws instead (over sets: of the mean of resampled sets), widened to hold the value."""
         if len(samples) < self.size:
             raise ValueError(f"scoring needs at least {self.size} samples (the sample size every set is scored "
                              f"at), got {len(samples)}; raise eval.num_samples")
@@ -117,14 +124,24 @@ class Scorer:
                 half = {name: stats.t.ppf(0.5 + self.confidence / 2, sets - 1)
                         * float(np.std([s[name] for s in per_set], ddof=1)) / np.sqrt(sets)
                         for name in measure.names}
+
+                def draws(name: str) -> np.ndarray:
+                    return bootstrap_means([s[name] for s in per_set], self.bootstrap, rng)
             else:
                 resamples = min(self.bootstrap, measure.resamples or self.bootstrap)
                 z = NormalDist().inv_cdf(0.5 + self.confidence / 2)
-                draws = [self._per_set(measure, {k: v[idx] for k, v in rows.items()})[0]
-                         for idx in rng.integers(0, len(samples), size=(resamples, len(samples)))]
-                half = {name: z * float(np.std([d[name] for d in draws], ddof=1)) for name in measure.names}
+                resampled = [self._per_set(measure, {k: v[idx] for k, v in rows.items()})[0]
+                             for idx in rng.integers(0, len(samples), size=(resamples, len(samples)))]
+                half = {name: z * float(np.std([d[name] for d in resampled], ddof=1)) for name in measure.names}
+
+                def draws(name: str) -> list[float]:
+                    return [d[name] for d in resampled]
             for name in measure.names:
-                scores[f"{name}_low"], scores[f"{name}_high"] = values[name] - half[name], values[name] + half[name]
+                low, high = values[name] - half[name], values[name] + half[name]
+                if name in measure.bounds and leaves_range(low, high, measure.bounds[name]):
+                    low, high = percentile_interval(draws(name), self.confidence)
+                    low, high = min(low, values[name]), max(high, values[name])
+                scores[f"{name}_low"], scores[f"{name}_high"] = low, high
         return scores
 
     def _per_set(self, measure: Measure, rows: dict[str, np.ndarray]) -> list[dict[str, float]]:
@@ -167,7 +184,9 @@ def _judge_measure(judge: judges.Judge, reference: np.ndarray, size: int, device
         return {"features": features, "probabilities": probabilities,
                 "in_real": covered(features, ref_subset, ref_radii)}
 
-    return Measure(("fd_classifier", "precision", "recall", "class_entropy"), embed, measure)
+    bounds = {"fd_classifier": DISTANCE, "precision": PROPORTION, "recall": PROPORTION,
+              "class_entropy": (0.0, math.log(judge.head.out_features))}
+    return Measure(("fd_classifier", "precision", "recall", "class_entropy"), embed, measure, bounds=bounds)
 
 
 def _inception_measure(extractor: InceptionFeatures, reference_feats: np.ndarray) -> Measure:
@@ -178,13 +197,14 @@ def _inception_measure(extractor: InceptionFeatures, reference_feats: np.ndarray
                                            subset_size=min(1000, len(rows["features"])))
         return {"fid": frechet_distance(*feature_statistics(rows["features"]), *ref_stats), "kid": kid}
 
-    return Measure(("fid", "kid"), lambda images: {"features": extractor(images)}, measure, COSTLY_RESAMPLES)
+    return Measure(("fid", "kid"), lambda images: {"features": extractor(images)}, measure, COSTLY_RESAMPLES,
+                   bounds={"fid": DISTANCE})  # KID's unbiased estimate may be negative
 
 
 def _swd_measure(reference: np.ndarray) -> Measure:
     return Measure(("swd_mean",), lambda images: {"images": images},
                    lambda rows: {"swd_mean": sliced_wasserstein_distance(rows["images"], reference)["swd_mean"]},
-                   COSTLY_RESAMPLES)
+                   COSTLY_RESAMPLES, bounds={"swd_mean": DISTANCE})
 
 
 def inception_or_reason(cfg: Config) -> tuple[InceptionFeatures | None, str | None]:
@@ -232,6 +252,8 @@ def build_scorer(cfg: Config, bootstrap: int | None = None, max_size: int | None
     if judge is not None:
         measures.append(_judge_measure(judge, reference, size, device))
         notes["judge_accuracy"] = judge_record["accuracy"]
+        if "accuracy_low" in judge_record:  # judges trained before the interval was recorded have none
+            notes["judge_accuracy_interval"] = [judge_record["accuracy_low"], judge_record["accuracy_high"]]
     else:
         notes["judge_unavailable"] = judge_record["reason"]
     extractor, fid_reason = inception_or_reason(cfg)
@@ -266,8 +288,10 @@ def _image_basis(chosen: str, notes: dict) -> str:
         return "fid: standard FID (TF-ported Inception, uint8 images, float64 statistics)"
     if chosen == "fd_classifier":
         why = f" (FID unavailable: {notes['fid_unavailable']})" if "fid_unavailable" in notes else ""
+        interval = ("" if "judge_accuracy_interval" not in notes
+                    else " [{:.1%}, {:.1%}]".format(*notes["judge_accuracy_interval"]))
         return (f"fd_classifier: Fréchet distance in the penultimate features of a classifier trained on the "
-                f"training labels, {notes['judge_accuracy']:.1%} held-out accuracy; not FID{why}")
+                f"training labels, {notes['judge_accuracy']:.1%}{interval} held-out accuracy; not FID{why}")
     if chosen == "swd_mean":
         why = notes.get("judge_unavailable") or "set by eval.champion_metric"
         return f"swd_mean: multi-scale sliced Wasserstein distance on pixels; no judge classifier ({why})"

@@ -21,11 +21,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from logdiff_core import noise as noise_lib
 from logdiff_core.diffusion import training_loss
 from logdiff_core.networks import count_parameters
+from logdiff_core.progress import progress_bar
 
 from .codec import latents_manifest, load_codec, load_latents
 from .config import Config, Variant, write_yaml
@@ -151,7 +151,7 @@ def train_diffusion(cfg: Config, variant: Variant, callback: StepCallback | None
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     began = time.perf_counter()
-    bar = tqdm(range(start, tc.steps), desc=f"train {variant.name}", initial=start, total=tc.steps,
+    bar = progress_bar(range(start, tc.steps), desc=f"train {variant.name}", initial=start, total=tc.steps,
                disable=not progress or rank != 0)
     for step in bar:
         x0 = data[torch.randint(0, len(data), (tc.batch_size,), device=device, generator=gen)]

@@ -69,3 +69,19 @@ def test_a_second_run_in_the_same_project_fails_at_once_naming_the_first(tmp_pat
         assert record["pid"] == os.getpid()
         with project_lock(tmp_path):  # the flow re-enters the lock its CLI took
             pass
+
+
+def test_a_project_folder_inside_a_git_repository_gets_a_dvc_repository_of_its_own(tmp_path):
+    """`--project-dir` may be any folder: outside git, a git repository's top, a folder inside one (DVC's
+    --subdir) or a folder git ignores (no SCM): `dvc init` fails in the last two without the option."""
+    import subprocess
+
+    from flows.project import _init_options
+
+    outside, repository = tmp_path / "outside", tmp_path / "repository"
+    for folder in (outside, repository / "runs", repository / "scratch"):
+        folder.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repository)], check=True)
+    (repository / ".gitignore").write_text("/scratch/\n")
+    assert [_init_options(folder) for folder in (outside, repository, repository / "runs", repository / "scratch")] \
+        == [["--no-scm"], [], ["--subdir"], ["--no-scm"]]

@@ -270,3 +270,23 @@ def test_the_ceiling_ratio_carries_the_models_interval():
     assert "ceiling_ratio_low" not in no_interval and format_ceiling_ratio(no_interval) == "0.50"
     no_ceiling = read_against_baselines({"fd": 2.0, "fd_low": 1.8, "fd_high": 2.2}, {"floor": {"fd": 1.0}}, "fd")
     assert no_ceiling["ceiling_ratio"] is None and format_ceiling_ratio(no_ceiling) == "n/a"
+
+
+def test_bounded_metrics_get_intervals_inside_their_range():
+    """A share near 0 (a recall of 0.001) gets a percentile interval that stays at or above 0, where value +- z SE
+    would go below it; an unbounded metric keeps the normal interval."""
+    from logdiff_core.intervals import wilson_interval
+    from tasks.scoring import PROPORTION, Measure, Scorer
+
+    measure = Measure(("share", "unbounded"), lambda rows: {"hits": rows},
+                      lambda rows: {"share": float(rows["hits"].mean()), "unbounded": float(rows["hits"].mean())},
+                      bounds={"share": PROPORTION})
+    scorer = Scorer("array", 1000, [measure], "share", "share", bootstrap=200, confidence=0.95, seed=0, notes={})
+    one_hit = np.zeros(1000)
+    one_hit[7] = 1
+    for samples in (one_hit, np.concatenate([one_hit, np.zeros(4000)])):  # one set (bootstrapped), five sets
+        scores = scorer.score(samples)
+        assert 0 <= scores["share_low"] <= scores["share"] < scores["share_high"] <= 1, scores
+        assert scores["unbounded_low"] < 0  # what the share's interval would have been
+    assert wilson_interval(0, 1000) == (0.0, pytest.approx(0.00383, abs=1e-5))
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)

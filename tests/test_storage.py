@@ -16,7 +16,7 @@ from tasks import config
 from tasks.config import ConfigError, Variant
 from tasks.io import load_safetensors, stage_output
 from tasks.paths import MODEL_FILE, checkpoint_file, metrics_file, train_dir
-from tasks.storage import Store, StoreError, node_local, staged
+from tasks.storage import Store, StoreError, node_local
 
 WINE = ["data.limit=120", "train.steps=20", "train.checkpoint_every=10", "train.log_every=10", "train.eval_every=0",
         "network.hidden=16", "diffusion.distributions={laplace: {}}", "diffusion.transforms=[identity]"]
