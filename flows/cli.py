@@ -207,13 +207,14 @@ def _frontier(args) -> None:
 
 def _run(args) -> int:
     from flows.distributed import stop_ray
-    from flows.pipeline import check_before_running, print_summary, run_pipeline
+    from flows.pipeline import check_before_running, print_summary, run_pipeline, warn_if_over_budget
     from flows.project import project_lock
     from flows.runlog import run_log
     from flows.schedule import prefect_api
 
     project = Path(args.project_dir).resolve()
-    check_before_running(args.preset, args.overrides)  # mistakes are one-line errors before anything starts
+    # mistakes are one-line errors before anything starts
+    warn_if_over_budget(check_before_running(args.preset, args.overrides))
     with project_lock(project), run_log(project, "run") as args.log_path, prefect_api():
         summary = run_pipeline(args.preset, args.overrides, project_dir=str(project), force=args.force,
                                ray_dashboard=args.ray_dashboard, started=args.started)

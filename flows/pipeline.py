@@ -10,6 +10,7 @@ One MLflow parent run per flow run (with the comparison report); a child run per
 """
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -297,6 +298,14 @@ def check_before_running(preset: str, overrides: list[str]) -> Config:
     check_source(cfg.data, cfg.diffusion.transforms, cfg.diffusion.log_floor)
     check_cluster(cfg)
     return cfg
+
+
+def warn_if_over_budget(cfg: Config) -> None:
+    """Say at start-up, in one line, when a fresh run will not fit the preset's budget on this machine."""
+    from tasks.runtime import budget_warning
+
+    if line := budget_warning(cfg.budget, cfg.train.device, cfg.train.bf16):
+        print(f"logdiff: {line}", file=sys.stderr, flush=True)
 
 
 def run_pipeline(preset: str, overrides: list[str], project_dir: str = ".", force: bool = False,

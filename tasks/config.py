@@ -244,6 +244,22 @@ class ClusterConfig:
             raise ConfigError(f"cluster.endpoint: {self.endpoint!r} must be a URL such as http://127.0.0.1:9000")
 
 
+@dataclass
+class BudgetConfig:
+    """The wall time a preset was measured to take, fresh (ingest included, install not), and the time it should
+    fit in: the start-up check scales the measurement to the machine it finds and says when a run will not fit.
+    Not a setting: left out of ``Config.settings`` like the locations."""
+
+    minutes: float = 0.0  # the wall time the preset should fit in; 0: no check
+    measured_minutes: float = 0.0  # what it took where measured
+    measured_cores: int = 2  # on how many CPU cores
+    measured_bf16: bool = True  # on a CPU with bf16 units
+    float32_factor: float = 1.0  # how much longer the same run took with bf16 off (measured)
+
+    _ranges = {"minutes": NON_NEGATIVE, "measured_minutes": NON_NEGATIVE, "measured_cores": COUNT,
+               "float32_factor": Range(1)}
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model the pipeline trains: a noise distribution under a data transform, from one training seed."""
@@ -264,7 +280,8 @@ class Variant:
         return self.distribution if self.transform == "identity" else f"{self.distribution}-{self.transform}"
 
 
-LOCATIONS = ("workdir", "cluster")  # where a run happens and its outputs live, not how models are made
+# where a run happens, where its outputs live and how long it should take: not how models are made
+LOCATIONS = ("workdir", "cluster", "budget")
 
 
 @dataclass
@@ -281,6 +298,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     _ranges = {"seed": NON_NEGATIVE}
 
@@ -288,7 +306,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def settings(self, *sections: str) -> dict:
-        """The config without ``workdir`` and ``cluster`` (locations, not settings), or only ``sections`` of it: what
+        """The config without ``workdir``, ``cluster`` and ``budget`` (not settings), or only ``sections`` of it: what
         is saved beside outputs, so that the flow (absolute paths), ``dvc repro`` (relative paths) and a cluster write
         identical files."""
         settings = {k: v for k, v in self.to_dict().items() if k not in LOCATIONS}

@@ -1,6 +1,7 @@
 """Small runtime helpers shared by the stages: device choice and seeding."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Callable
 
@@ -47,3 +48,34 @@ def seed_everything(seed: int) -> torch.Generator:
 
 StepCallback = Callable[[int, dict], None]
 """Called as ``callback(step, metrics)`` by training loops, from whichever process trains."""
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's or ``taskset``'s limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def budget_warning(budget, train_device: str, bf16_wanted: bool, cores: int | None = None,
+                   bf16_units: bool | None = None) -> str | None:
+    """One line when a fresh run of a preset will not fit its budget (``budget``: its ``BudgetConfig``) on the CPU
+    this finds: its measured time scaled by the cores (fewer than measured: proportionally longer) and by bf16
+    (measured with bf16 units, run without them or with bf16 off: ``float32_factor``). None when it fits, when the
+    preset has no budget, or on a GPU (the budgets are CPU figures)."""
+    if not budget.minutes or not budget.measured_minutes or resolve_device(train_device).type == "cuda":
+        return None
+    cores = usable_cores() if cores is None else cores
+    bf16_units = bf16_enabled(torch.device("cpu")) if bf16_units is None else bf16_units
+    factor = max(1.0, budget.measured_cores / cores)
+    reasons = [f"{cores} CPU core{'s' * (cores != 1)}"]
+    if budget.measured_bf16 and not (bf16_units and bf16_wanted):
+        factor *= budget.float32_factor
+        reasons.append("no bf16 units" if bf16_wanted else "bf16 off")
+    expected = budget.measured_minutes * factor
+    if expected <= budget.minutes:
+        return None
+    return (f"a fresh run takes about {expected:.0f} minutes here ({', '.join(reasons)}), over its {budget.minutes:g}"
+            f"-minute budget (measured {budget.measured_minutes:g} minutes on {budget.measured_cores} cores"
+            f"{' with bf16' if budget.measured_bf16 else ''}); fewer train.steps make it shorter")

@@ -155,3 +155,29 @@ def test_overrides_between_say_what_changed_was_added_and_was_removed_as_dvc_exp
         "~diffusion.distributions.exponential", "~diffusion.distributions.gumbel", "~diffusion.distributions.laplace",
         "~diffusion.distributions.uniform"]
     assert config.overrides_between(base, base) == []
+
+
+def test_a_run_over_its_budget_on_this_machine_is_said_in_one_line():
+    """The preset's measured time scaled to the cores and bf16 units found: fewer cores or no bf16 push the demo
+    over its budget, the machine it was measured on does not; no budget or a GPU, no line."""
+    from tasks.config import BudgetConfig
+    from tasks.runtime import budget_warning
+
+    budget = BudgetConfig(minutes=8, measured_minutes=5, measured_cores=2, measured_bf16=True, float32_factor=1.4)
+    assert budget_warning(budget, "cpu", True, cores=2, bf16_units=True) is None
+    assert budget_warning(budget, "cpu", True, cores=4, bf16_units=False) is None  # 7 minutes: fits
+    one_core = budget_warning(budget, "cpu", True, cores=1, bf16_units=True)
+    assert "about 10 minutes" in one_core and "1 CPU core" in one_core and "\n" not in one_core
+    slow = budget_warning(budget, "cpu", True, cores=1, bf16_units=False)
+    assert "about 14 minutes" in slow and "no bf16 units" in slow and "8-minute budget" in slow
+    assert "bf16 off" in budget_warning(budget, "cpu", False, cores=1, bf16_units=True)
+    assert budget_warning(BudgetConfig(), "cpu", True, cores=1, bf16_units=False) is None
+    assert budget_warning(BudgetConfig(minutes=8, measured_minutes=5, float32_factor=2.0), "cpu", True, cores=2,
+                          bf16_units=False) is not None
+
+
+def test_the_budget_is_no_setting_of_any_stage():
+    cfg = config.load("demo")
+    assert "budget" in cfg.to_dict() and "budget" not in cfg.settings()
+    with pytest.raises(ConfigError, match="budget.float32_factor"):
+        config.load("demo", ["budget.float32_factor=0.5"])
