@@ -262,10 +262,13 @@ def plot_deviation(curves: dict[str, dict], path: Path) -> Path:
 # ---- the report's section: what the models' records and the baselines say about copying
 
 
-def copies(found: dict, held_out_rate: float) -> bool:
+def copies(found: dict, held_out_rate: float, trivial_rate: float = 0.0) -> bool:
     """Whether one feature space's figures say copying: C_T below -3 (Meehan et al.'s reading), or a copying rate
-    above 5% and twice the held-out split's own (real data has near-twins: 2-3% of the demo's held-out digits)."""
-    return found["reading"] == "copies" or found["copying_rate"] > max(0.05, 2 * held_out_rate)
+    above 5% and twice both references': the held-out split's (real data has near-twins: 2-3% of the demo's held-out
+    digits) and the trivial generator's. A Gaussian fitted to the latents cannot copy, so what it reaches is what
+    samples crowded into few places read as without copying (a mode-collapsed CIFAR-10 model reached 68% where the
+    trivial generator reached 62% and the near-copy shares were 0%)."""
+    return found["reading"] == "copies" or found["copying_rate"] > max(0.05, 2 * held_out_rate, 2 * trivial_rate)
 
 
 def copying_verdict(records: dict, baselines: dict[str, dict]) -> list[str]:
@@ -274,8 +277,10 @@ def copying_verdict(records: dict, baselines: dict[str, dict]) -> list[str]:
     copiers, underfits = [], []
     for variant, record in records.items():
         found = record.get("copying", {})
-        reference = baselines.get(variant.transform, {}).get("copying_reference", {})
-        if any(copies(f, reference.get(space, {}).get("held_out_copying_rate", 0.0)) for space, f in found.items()):
+        baseline = baselines.get(variant.transform, {})
+        reference, trivial = baseline.get("copying_reference", {}), baseline.get("copying", {}).get("trivial", {})
+        if any(copies(f, reference.get(space, {}).get("held_out_copying_rate", 0.0),
+                      trivial.get(space, {}).get("copying_rate", 0.0)) for space, f in found.items()):
             copiers.append(f"{variant.label} (seed {variant.seed}: " + ", ".join(
                 f"C_T {f['c_t']:.1f}, copying rate {f['copying_rate']:.1%} in {space}" for space, f in found.items())
                 + ")")
@@ -287,7 +292,7 @@ def copying_verdict(records: dict, baselines: dict[str, dict]) -> list[str]:
                      "'Generalisation or copying'): " + "; ".join(copiers) + ".")
     elif records and all(r.get("copying") for r in records.values()):
         lines.append("No model copies its training data (C_T above -3, and a copying rate at most 5% or twice the "
-                     "held-out split's, in every feature space).")
+                     "held-out split's or the trivial generator's, in every feature space).")
     if underfits:
         lines.append("Farther from the training set than held-out data (C_T above +3, underfitting): "
                      + ", ".join(underfits) + ".")

@@ -82,3 +82,22 @@ def test_the_intrinsic_dimension_of_a_plane_in_ten_dimensions_is_two():
     rng = np.random.default_rng(0)
     plane = rng.uniform(size=(2000, 2)) @ rng.normal(size=(2, 10))
     assert copying.intrinsic_dimension(plane) == pytest.approx(2, abs=0.3)
+
+
+def test_a_copying_rate_the_trivial_generator_also_reaches_is_no_copying():
+    """Samples crowded into few places (mode collapse) raise the point-by-point copying rate without copying: the
+    trivial generator, which cannot copy, sets the bar beside the held-out split."""
+    from tasks.config import Variant
+    from tasks.copying import copying_verdict
+
+    crowded = {"judge": {"reading": "generalises", "c_t": 0.3, "copying_rate": 0.68}}
+    baselines = {"identity": {"copying_reference": {"judge": {"held_out_copying_rate": 0.12}},
+                              "copying": {"trivial": {"judge": {"reading": "generalises", "c_t": 1.1,
+                                                                "copying_rate": 0.62}}}}}
+    record = {Variant("gaussian", "identity"): {"copying": crowded}}
+    assert copying_verdict(record, baselines)[0].startswith("No model copies")
+    baselines["identity"]["copying"]["trivial"]["judge"]["copying_rate"] = 0.02
+    assert copying_verdict(record, baselines)[0].startswith("**Copies its training data**")
+    copier = {Variant("gaussian", "identity"): {"copying": {"judge": {"reading": "copies", "c_t": -9.0,
+                                                                      "copying_rate": 0.9}}}}
+    assert copying_verdict(copier, {})[0].startswith("**Copies its training data**")
