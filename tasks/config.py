@@ -571,7 +571,9 @@ def _raw_with_extends(preset_or_path: str, seen: tuple = ()) -> dict:
         return raw
     if parent in seen:
         raise ConfigError(f"{path}: 'extends' loops back to {parent!r}")
-    return _merge(_raw_with_extends(parent, seen + (parent,)), raw)
+    inherited = _raw_with_extends(parent, seen + (parent,))
+    inherited.pop("budget", None)  # what the parent was measured to take says nothing of this preset
+    return _merge(inherited, raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -178,6 +178,7 @@ def test_a_run_over_its_budget_on_this_machine_is_said_in_one_line():
 
 def test_the_budget_is_no_setting_of_any_stage():
     cfg = config.load("demo")
-    assert "budget" in cfg.to_dict() and "budget" not in cfg.settings()
+    assert "budget" in cfg.to_dict() and "budget" not in cfg.settings() and cfg.budget.minutes > 0
+    assert config.load("demo-replicates").budget.minutes == 0  # a preset's budget is its own, never inherited
     with pytest.raises(ConfigError, match="budget.float32_factor"):
         config.load("demo", ["budget.float32_factor=0.5"])
