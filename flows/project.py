@@ -177,7 +177,6 @@ def prepare_experiment(project: Path, cfg: Config) -> Pipeline:
     """Make ``project`` a DVC repository (once), then write ``cfg``'s pipeline and resolved config: at the project
     root for the root experiment, else in the experiment's folder, made a nested DVC repository."""
     project.mkdir(parents=True, exist_ok=True)
-    in_git = _git_top(project) is not None
     if not (project / ".dvc").is_dir():
         dvc(project, ["init", "--quiet", *_init_options(project)])
         dvc(project, ["config", "core.autostage", "false"])
@@ -193,7 +192,7 @@ def prepare_experiment(project: Path, cfg: Config) -> Pipeline:
     if root:
         _retire_own_pipeline(folder)
     elif not (folder / ".dvc").is_dir():  # its own DVC repository, which the root's commands leave out
-        dvc(folder, ["init", "--quiet", "--subdir" if in_git else "--no-scm"])
+        dvc(folder, ["init", "--quiet", "--subdir" if _git_top(project) is not None else "--no-scm"])
         dvc(folder, ["config", "core.autostage", "false"])
     _write_if_changed(pipeline_folder / PIPELINE_FILE, pipeline_text(ROOT_WORK if root else "."))
     config.dump(cfg, pipeline_folder / PARAMS_FILE)

@@ -43,12 +43,11 @@ class StepContext:
         return 1.0 if t < 0 else float(self.abar[t])
 
     def draw(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.generator, SampleStreams):
-            return self.generator.draw(self.noise, x.shape, x.dtype)
-        return self.noise.sample_like(x, generator=self.generator)
+        """Draws of the noise shaped like ``x``."""
+        return self.draw_with(lambda shape, g: self.noise.sample(shape, generator=g, device=x.device, dtype=x.dtype), x)
 
     def draw_with(self, draw: Callable[[tuple, torch.Generator | None], torch.Tensor], like: torch.Tensor):
-        """Draws of another law shaped like ``like`` (``draw(shape, generator)``), per sample from the streams."""
+        """Draws of any law shaped like ``like`` (``draw(shape, generator)``), per sample from the streams."""
         if isinstance(self.generator, SampleStreams):
             return self.generator.draw_with(draw, like.shape)
         return draw(like.shape, self.generator)
