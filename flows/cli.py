@@ -161,7 +161,7 @@ def _stage(args) -> None:
         item = cfg.transform(args.transform)
     name = STAGES[args.name].dvc_name(item)
     mark_run_start(cfg, None)  # a stage on its own (dvc repro) is no part of the last `logdiff run`'s timings
-    with run_log(project, f"stage-{name.replace('@', '-')}") as args.log_path, \
+    with run_log(project, f"stage-{name.replace('@', '-')}", prefect_console=False) as args.log_path, \
             tracking.standalone_stage_run(cfg, project, name, stage_params(cfg, args.name)) as run_id:
         callback = tracking.MetricLogger(tracking.tracking_uri(project), run_id) if run_id else None
         record = run_stage(cfg, args.name, item, callback=callback)

@@ -34,11 +34,17 @@ def _without_traceback(handler: logging.Handler):
 
 
 @contextmanager
-def run_log(project: Path, command: str) -> Iterator[Path]:
-    """Send every log record (Prefect's included) to a new log file, and keep tracebacks off the console."""
-    from prefect.logging.configuration import setup_logging
+def run_log(project: Path, command: str, prefect_console: bool = True) -> Iterator[Path]:
+    """Send every log record (Prefect's included) to a new log file, and keep tracebacks off the console.
 
-    setup_logging()  # Prefect's console handler on the root logger, now, so it can be told to stay brief
+    ``prefect_console=False`` (a stage that DVC starts runs no flow) puts a plain warnings-only console handler on
+    the root logger instead of Prefect's, which spares the stage's process the import of Prefect (~1.5 s)."""
+    if prefect_console:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()  # Prefect's console handler on the root logger, now, so it can be told to stay brief
+    else:
+        logging.basicConfig(level=logging.WARNING, format=FORMAT)
     path = log_path(project, command)
     file_handler = logging.FileHandler(path)
     file_handler.setLevel(logging.INFO)

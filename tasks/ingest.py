@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
-from torchvision.datasets import CIFAR10
 
 from logdiff_core.progress import progress_bar
 from tasks.config import Config, DataConfig
@@ -193,6 +192,8 @@ def _cifar10(data: DataConfig, scratch: Path) -> _Source:
         root_used = scratch
     else:
         root_used = root
+    from torchvision.datasets import CIFAR10  # only this source needs torchvision (~1.5 s to import)
+
     try:
         dataset = CIFAR10(str(root_used), train=True, download=data.download)
     except (RuntimeError, OSError) as err:  # not found, corrupted, or the download failed
