@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/logdiff run demo
 
+# one worker per core (at most 4), a whole test file per worker, so module fixtures are built once
+PARALLEL := -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 # the pipeline on a two-node Ray cluster on this machine, with S3 (moto) and MLflow servers (docs/cluster.md)
 test-cluster: $(VENV)/.installed-cluster
@@ -32,7 +35,7 @@ $(VENV)/.installed-cluster: $(STAMP)
 	touch $@
 
 test-fast: $(STAMP)  # everything but the end-to-end runs of the orchestrated pipeline (about a minute)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/gpu_check.py

@@ -26,8 +26,13 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The two-node cluster test starts servers and a Ray cluster: it runs only when asked for (``-m cluster``,
+    """Modules with end-to-end (slow) tests first, so that parallel workers (``make test`` runs ``-n 2 --dist
+    loadfile``) start on the longest files and finish together; the order within a module is kept.
+
+    The two-node cluster test starts servers and a Ray cluster: it runs only when asked for (``-m cluster``,
     ``make test-cluster``), never in ``make test``."""
+    slow_modules = {item.module.__name__ for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
     if config.getoption("markexpr") == "cluster":
         return
     skip = pytest.mark.skip(reason="a two-node Ray cluster with S3 and MLflow servers: make test-cluster")
