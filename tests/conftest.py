@@ -12,6 +12,26 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def hermetic_flow_env(tmp_path_factory):
+    """Prefect's home in a temp folder, its ephemeral API, the project's own MLflow store, a local Ray."""
+    env = pytest.MonkeyPatch()
+    env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
+    env.delenv("PREFECT_API_URL", raising=False)
+    env.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env.delenv("RAY_ADDRESS", raising=False)
+    env.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    yield
+    import ray
+    from prefect.server.api.server import SubprocessASGIServer
+
+    ray.shutdown()
+    # stop the ephemeral Prefect server now, not at exit, when its goodbye log line meets closed streams
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+    env.undo()
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
@@ -26,8 +46,8 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with end-to-end (slow) tests first, so that parallel workers (``make test`` runs ``-n 2 --dist
-    loadfile``) start on the longest files and finish together; the order within a module is kept.
+    """Modules with end-to-end (slow) tests first, so that parallel workers (``make test`` runs a worker per core,
+    ``--dist loadfile``) start on the longest files and finish together; the order within a module is kept.
 
     The two-node cluster test starts servers and a Ray cluster: it runs only when asked for (``-m cluster``,
     ``make test-cluster``), never in ``make test``."""

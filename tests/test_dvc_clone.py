@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flows.cli import main as cli
-from test_pipeline import TINY, dvc, dvc_status, git
+from projects import TINY, dvc, dvc_status, git
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,5 @@
 """The orchestrated pipeline end to end on tiny settings: Prefect flow, Ray fan-out, DVC state, MLflow registry."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -11,60 +7,17 @@ from mlflow import MlflowClient
 from flows import tracking
 from flows.cli import main as cli
 from flows.pipeline import run_pipeline
+from projects import TINY, dvc, dvc_status, git
 
-pytestmark = pytest.mark.slow
-
-TINY = [
-    "data.limit=200", "autoencoder.steps=10", "autoencoder.base_channels=8", "autoencoder.batch_size=32",
-    "network.base_channels=8", "network.num_heads=2", "train.steps=10", "train.batch_size=32", "train.log_every=5",
-    "train.eval_every=5", "sample.steps=5", "eval.num_samples=32", "eval.fid=false", "eval.bootstrap=10",
-    "sample.restart_steps=2", "classifier.steps=30", "classifier.base_channels=8",
-    "diffusion.distributions={gaussian: {}, student_t: {nu: 5}}",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hermetic_env(tmp_path_factory):
-    """Prefect's home in a temp folder, its ephemeral API, the project's own MLflow store, a local Ray."""
-    env = pytest.MonkeyPatch()
-    env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
-    env.delenv("PREFECT_API_URL", raising=False)
-    env.delenv("MLFLOW_TRACKING_URI", raising=False)
-    env.delenv("RAY_ADDRESS", raising=False)
-    env.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    yield
-    import ray
-    from prefect.server.api.server import SubprocessASGIServer
-
-    ray.shutdown()
-    # stop the ephemeral Prefect server now, not at exit, when its goodbye log line meets closed streams
-    for server in list(SubprocessASGIServer._instances.values()):
-        server.stop()
-    env.undo()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("hermetic_flow_env")]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(hermetic_flow_env, tmp_path_factory):
     """A fresh project directory (a git repository, as a clone is) after one pipeline run."""
     root = tmp_path_factory.mktemp("project")
     git(root, "init", "-q")
     return root, run_pipeline("demo", TINY, project_dir=str(root))
-
-
-def git(folder, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
-                          capture_output=True, text=True).stdout
-
-
-def dvc(folder, *args) -> str:
-    """``dvc <args>`` in ``folder`` with this venv's ``logdiff`` on the PATH (what stage commands call)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=folder, env=env, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def dvc_status(folder):
-    return json.loads(dvc(folder, "status", "--json"))
 
 
 def test_first_run_trains_registers_and_leaves_dvc_clean(project):
