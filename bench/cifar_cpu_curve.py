@@ -61,6 +61,7 @@ UNET = ["network.kind=unet", "network.base_channels=16", "network.channel_mults=
 DENOISERS = {
     "the preset": [],
     "u-net 16, same CPU-s": [*UNET, "train.steps=1400"],  # a step costs ~2.8x the MLP's (batch 256, bf16)
+    "u-net 16, 2x CPU-s": [*UNET, "train.steps=2800"],
     "steps x2": ["train.steps=8000"],
     "steps/2": ["train.steps=2000"],
     "mlp 2048": ["network.hidden=2048"],

@@ -21,17 +21,22 @@ import psutil
 GIB = 2**30
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int]:
-    """(summed PSS, summed RSS) in bytes of ``root`` and its descendants now (processes that end meanwhile skipped)."""
+def tree_memory(root: psutil.Process) -> tuple[int, int, list[tuple[int, str]]]:
+    """(summed PSS, summed RSS) in bytes of ``root`` and its descendants now (processes that end meanwhile skipped),
+    and each process's (PSS, name): its command line's first words, which tell a Ray worker, a server, a stage."""
     pss = rss = 0
+    each = []
     for process in [root, *root.children(recursive=True)]:
         try:
             info = process.memory_full_info()
+            argv = process.cmdline()
+            name = " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:3]])[:70] if argv else process.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         pss += getattr(info, "pss", info.rss)  # PSS where the OS has it (Linux)
         rss += info.rss
-    return pss, rss
+        each.append((getattr(info, "pss", info.rss), name))
+    return pss, rss, each
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     child = subprocess.Popen(command)
     root = psutil.Process(child.pid)
     peak_pss = peak_rss = 0
+    at_peak, peak_at = [], 0.0
     while child.poll() is None:
-        pss, rss = tree_memory(root)
+        pss, rss, each = tree_memory(root)
+        if pss > peak_pss:
+            at_peak, peak_at = each, time.perf_counter() - began
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(args.every)
     wall = time.perf_counter() - began
@@ -55,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall {wall / 60:.1f} min ({wall:.0f} s), CPU {(usage.ru_utime + usage.ru_stime) / 60:.1f} min, "
           f"peak memory {peak_pss / GIB:.2f} GiB (summed PSS of the process tree; summed RSS {peak_rss / GIB:.2f} "
           f"GiB), exit code {child.returncode}", file=sys.stderr)
+    if at_peak:
+        print(f"at the peak ({peak_at / 60:.1f} min in), the largest processes (PSS):", file=sys.stderr)
+        for pss, name in sorted(at_peak, reverse=True)[:8]:
+            print(f"  {pss / GIB:6.2f} GiB  {name}", file=sys.stderr)
     return child.returncode
 
 
