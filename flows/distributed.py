@@ -142,8 +142,8 @@ def start_training(cfg: Config, variants: list[Variant], callbacks: dict[str, St
         return {v.name: partial(train_ddp, cfg, v, callbacks.get(v.name)) for v in variants}
     # retried when its worker or node dies, never for an exception the training raised (a mistake stays one); a
     # fresh worker per model that exits when it is done: an idle worker kept ~1.6 GiB of a CIFAR-10 training
-    remote = ray.remote(_train_one)
-    options = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg), max_calls=1,
+    remote = ray.remote(max_calls=1)(_train_one)
+    options = dict(num_cpus=cfg.train.cpus_per_worker, num_gpus=gpus_per_task(cfg),
                    max_retries=cfg.cluster.max_retries, retry_exceptions=False)
     return {v.name: remote.options(**options, scheduling_strategy=placement(cfg, v) or "DEFAULT")
             .remote(cfg.to_dict(), v, callbacks.get(v.name)) for v in variants}
