@@ -96,6 +96,17 @@ def test_the_fitted_path_is_the_cheapest_and_starts_where_asked():
         fitted.grid(10)
 
 
+def test_the_step_errors_expanded_into_inner_products_equal_the_direct_differences():
+    """cost[i, j] = sum over samples of |x0_i + r_j eps_i - q_j|, computed without the [M, M, samples, D] tensor."""
+    g = torch.Generator().manual_seed(0)
+    m, samples, d = 6, 5, 7
+    x0, eps, q = (torch.randn(m, samples, d, generator=g, dtype=torch.float64) for _ in range(3))
+    ratio = torch.rand(m, generator=g, dtype=torch.float64) * 3
+    direct = np.array([[float((x0[i] + ratio[j] * eps[i] - q[j]).norm(dim=1).sum()) for j in range(m)]
+                       for i in range(m)])
+    assert np.allclose(time_schedules._step_errors(x0, eps, q, ratio), direct, rtol=1e-12, atol=1e-12)
+
+
 def test_the_fitted_schedule_beats_uniform_and_edm_at_few_steps():
     """Fitted to 256 warm-up trajectories of the exact denoiser, the schedule's five steps land nearer the
     fine solution than the uniform or EDM ones, with DDIM (whose steps it prices) and UniPC (measured: DDIM 0.19

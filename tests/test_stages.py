@@ -185,6 +185,23 @@ def test_saved_files_are_byte_identical_for_identical_content(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "1.pt"]  # no temp files left
 
 
+def test_an_image_grid_has_one_cell_per_image_and_white_gaps(tmp_path):
+    """Five 2x3 RGB images, two per row: three rows of cells, 1-pixel white gaps, the last row's second cell empty;
+    grey images stay one channel."""
+    from PIL import Image
+
+    from tasks.visuals import save_image_grid
+
+    images = np.arange(5 * 3 * 2 * 3, dtype=np.uint8).reshape(5, 3, 2, 3)
+    grid = np.asarray(Image.open(save_image_grid(images, tmp_path / "rgb.png", nrow=2, upscale=1)))
+    assert grid.shape == (3 * 3 + 1, 2 * 4 + 1, 3)
+    assert (grid[0] == 255).all() and (grid[:, 0] == 255).all() and (grid[3] == 255).all()
+    assert np.array_equal(grid[4:6, 5:8], images[3].transpose(1, 2, 0))  # row 1, column 1: the fourth image
+    assert (grid[7:9, 5:8] == 255).all()  # no sixth image
+    grey = np.asarray(Image.open(save_image_grid(images[:, :1], tmp_path / "grey.png", upscale=2)))
+    assert grey.shape == (2 * (2 * 3 + 1), 2 * (3 * 4 + 1))
+
+
 def test_positive_array_data_identity_vs_log_end_to_end(tmp_path):
     """wine (strictly positive, labelled) -> no autoencoder -> identity and log transforms -> MLP denoiser ->
     report. The log model's samples stay positive, even with a heavy-tailed noise and few sampling steps, and
