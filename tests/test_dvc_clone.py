@@ -16,8 +16,7 @@ def test_dvc_repro_in_a_fresh_clone_runs_the_root_pipeline(tmp_path, capsys):
     project, clone = tmp_path / "project", tmp_path / "clone"
     project.mkdir()
     git(project, "init", "-q")
-    one_model = [o for o in TINY if not o.startswith("diffusion.distributions")] + [
-        "diffusion.distributions={gaussian: {}}"]
+    one_model = [*TINY, "diffusion.distributions={gaussian: {}}"]  # the later override replaces the mapping
     assert cli(["pipeline", "demo", *one_model, "--project-dir", str(project)]) == 0
     assert "run it with: cd" in capsys.readouterr().out
     git(project, "add", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore")
