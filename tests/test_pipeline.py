@@ -69,11 +69,31 @@ def test_rerun_skips_everything_and_logs_nothing(project):
     assert len(client.search_runs([experiment])) == runs_before  # a no-op run adds no MLflow runs
 
 
-def test_another_experiment_has_its_own_folder_and_switching_back_retrains_nothing(project):
+def test_another_preset_is_an_experiment_of_its_own_and_switching_back_retrains_nothing(project):
+    """The LogDiff preset (wine) in the same project: its own folder and DVC pipeline, one model per distribution
+    x transform, a comparison report, and a registered log-space model whose samples, in the original units, are
+    all positive; the demo's experiment is left as it was."""
+    import pandas as pd
+
     root, _ = project
-    other = run_pipeline("demo", [*TINY, "name=other", "diffusion.distributions={gaussian: {}}"], project_dir=str(root))
-    assert other["stages_run"][:2] == ["ingest", "autoencoder"] and (root / "artifacts" / "other" / "dvc.lock").exists()
-    assert dvc_status(root / "artifacts" / "other") == {} and "other" not in dvc(root, "dag")  # a pipeline apart
+    tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
+            "eval.num_samples=150", "eval.bootstrap=3", "sample.steps=5",
+            "diffusion.distributions={laplace: {}}"]  # the stage test has more
+    summary = run_pipeline("wine", tiny, project_dir=str(root))
+    experiment = root / "artifacts" / "wine"
+    assert {"ingest", "encode@identity", "encode@log", "report"} <= set(summary["stages_run"])
+    assert set(summary["models"]) == {"laplace-identity-0", "laplace-log-0"}
+    assert dvc_status(experiment) == {} and "wine" not in dvc(root, "dag")  # a pipeline apart
+    report = (experiment / "report" / "report.md").read_text()
+    assert "| laplace-log | 0 |" in report and "| laplace | 0 |" in report and "## Verdict" in report
+
+    out = root / "samples.csv"
+    assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
+                "--steps", "3", "--project-dir", str(root)]) == 0
+    frame = pd.read_csv(out)
+    assert frame.shape == (200, 14) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
+    assert (frame.drop(columns="label").to_numpy() > 0).all() and set(frame["label"]) <= {0, 1, 2}
+
     back = run_pipeline("demo", TINY, project_dir=str(root))
     assert back["stages_run"] == []
 
@@ -139,56 +159,8 @@ def test_one_distribution_across_two_ddp_workers(project):
     assert record["world_size"] == 2 and record["steps"] == 10
 
 
-def test_wine_preset_compares_identity_and_log_and_samples_positive_csv(tmp_path):
-    """The LogDiff preset through the flow: one model per distribution x transform, a comparison report, and a
-    registered log-space model whose samples, in the original units, are all positive."""
-    import pandas as pd
-
-    tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
-            "eval.num_samples=150", "eval.bootstrap=3", "sample.steps=5",
-            "diffusion.distributions={laplace: {}}"]  # the stage test has more
-    summary = run_pipeline("wine", tiny, project_dir=str(tmp_path))
-    assert set(summary["models"]) == {"laplace-identity-0", "laplace-log-0"}
-    assert "encode@identity" in summary["stages_run"] and "encode@log" in summary["stages_run"]
-    assert dvc_status(tmp_path / "artifacts" / "wine") == {}
-    report = (tmp_path / "artifacts" / "wine" / "report" / "report.md").read_text()
-    assert "| laplace-log | 0 |" in report and "| laplace | 0 |" in report and "## Verdict" in report
-
-    out = tmp_path / "samples.csv"
-    assert cli(["sample", "--model", "models:/ngldm-wine-laplace-log@champion", "-n", "200", "-o", str(out),
-                "--steps", "3", "--project-dir", str(tmp_path)]) == 0
-    frame = pd.read_csv(out)
-    assert frame.shape == (200, 14) and list(frame.columns[:2]) == ["alcohol", "malic_acid"]
-    assert (frame.drop(columns="label").to_numpy() > 0).all() and set(frame["label"]) <= {0, 1, 2}
-
-
-def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):
-    """One model's failure (here an unconfigured distribution) comes back as its exception; the rest train, and
-    `logdiff run` prints the failure and exits 1."""
-    from dataclasses import replace
-
-    from flows import pipeline
-    from flows.distributed import train_variants
-    from tasks import config
-    from tasks.config import Variant
-
-    root, _ = project
-    experiment = root / "artifacts" / "demo"
-    cfg = replace(config.load(str(root / "params.yaml"), ["train.eval_every=0"]), workdir=str(experiment))
-    results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
-    assert isinstance(results["gaussian-identity-0"], dict) and results["gaussian-identity-0"]["steps"] == 10
-    assert isinstance(results["cauchy-identity-0"], ValueError)
-    assert "'cauchy' is not in diffusion.distributions" in str(results["cauchy-identity-0"])
-
-    summary = {"stages_run": ["train@gaussian-identity-0"], "report": None,
-               "models": {"cauchy-identity-0": {"error": "training failed: ValueError: boom"}}}
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: summary)
-    assert cli(["run", "demo", "--project-dir", str(root)]) == 1
-    assert "cauchy-identity-0           training failed: ValueError: boom" in capsys.readouterr().out
-
-
 def test_a_diverging_model_fails_in_mlflow_and_prefect_and_the_command_exits_1(project, capsys):
-    """Last in this module: it leaves the project with failed trainings."""
+    """Near the end of this module: it leaves the project with failed trainings."""
     from prefect.client.orchestration import get_client
 
     root, _ = project
@@ -204,3 +176,29 @@ def test_a_diverging_model_fails_in_mlflow_and_prefect_and_the_command_exits_1(p
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
     assert flow_run.state.is_failed() and "2 model(s) failed" in flow_run.state.message
+
+
+def test_a_failing_model_is_reported_and_the_others_still_train(project, monkeypatch, capsys):
+    """One model's failure (here an unconfigured distribution) comes back as its exception; the rest train, and
+    `logdiff run` prints the failure and exits 1. Last in this module: the command stops the local Ray."""
+    from dataclasses import replace
+
+    from flows import pipeline
+    from flows.distributed import train_variants
+    from tasks import config
+    from tasks.config import Variant
+
+    root, _ = project
+    experiment = root / "artifacts" / "demo"
+    # the demo at test size, not params.yaml: the diverging test left its learning rate there
+    cfg = replace(config.load("demo", [*TINY, "train.eval_every=0"]), workdir=str(experiment))
+    results = train_variants(cfg, [Variant("gaussian", "identity"), Variant("cauchy", "identity")], {})
+    assert isinstance(results["gaussian-identity-0"], dict) and results["gaussian-identity-0"]["steps"] == 10
+    assert isinstance(results["cauchy-identity-0"], ValueError)
+    assert "'cauchy' is not in diffusion.distributions" in str(results["cauchy-identity-0"])
+
+    summary = {"stages_run": ["train@gaussian-identity-0"], "report": None,
+               "models": {"cauchy-identity-0": {"error": "training failed: ValueError: boom"}}}
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *args, **kwargs: summary)
+    assert cli(["run", "demo", "--project-dir", str(root)]) == 1
+    assert "cauchy-identity-0           training failed: ValueError: boom" in capsys.readouterr().out
