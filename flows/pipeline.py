@@ -23,7 +23,7 @@ from prefect.states import Failed
 
 from flows import tracking
 from flows.cluster import check_cluster, publish_inputs, pull_outputs, push_outputs
-from flows.project import StaleStages, prepare_experiment, project_lock
+from flows.project import StaleStages, dvc_processes, prepare_experiment, project_lock
 from flows.stages import STAGES, Item, run_stage, stage_names, stage_params, stage_pictures
 from tasks import config, timings
 from tasks.config import Config, Variant
@@ -154,7 +154,7 @@ def pipeline(preset: str = "demo", overrides: list[str] | None = None, project_d
     report's timings (default: now)."""
     project = Path(project_dir).resolve()
     cfg = config.load(preset, overrides or [])
-    with project_lock(project):
+    with project_lock(project), dvc_processes():
         summary = _run_stale_stages(cfg, preset, project, force, ray_dashboard, get_run_logger(),
                                     started or time.time())
         push_outputs(cfg, Path(summary["pipeline"]))

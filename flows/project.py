@@ -11,7 +11,8 @@ folder, made a DVC repository nested in the project's (``dvc init --subdir``), w
   lock is the kernel's (``flock``), so a killed run leaves nothing to clean up.
 - ``prepare_experiment``: the DVC repository (made once), the experiment's pipeline and config, its folder.
 - ``experiment_of``: the project and experiment folder of a ``params.yaml`` (what ``logdiff stage`` runs in).
-- ``dvc``: DVC's command line, its failures turned into one line in our words.
+- ``dvc``: DVC's command line, its failures turned into one line in our words; ``dvc_processes``: within it, one
+  DVC process per folder runs its commands (DVC imported once per run, not once per command).
 - ``StaleStages``: which stages must run, as DVC sees it, kept current as stages run.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,15 +97,90 @@ def project_lock(project: Path) -> Iterator[None]:
 
 
 def dvc(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
-    """Run ``dvc <args>`` in ``cwd``; a failure is a ``DvcError`` carrying DVC's own error line, not its banner."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    """Run ``dvc <args>`` in ``cwd`` (through the folder's DVC process inside ``dvc_processes()``, else a process
+    of its own); a failure is a ``DvcError`` carrying DVC's own error line, not its banner."""
+    process = _dvc_process(Path(cwd))
+    result = process.run(args) if process else subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=_dvc_env(), capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         error = next((line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR")),
                      lines[0] if lines else f"exit code {result.returncode}")
         raise DvcError(f"dvc {args[0]} failed in {cwd}: {error}")
     return result
+
+
+def _dvc_env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
+class _DvcProcess:
+    """``flows/dvc_process.py`` running in one folder: DVC imported once for every command asked of it there."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.lock = threading.Lock()  # one command at a time: a request, then its reply
+        # -P: the script's folder (flows/) is not put first on sys.path, where its modules would shadow others
+        self.process = subprocess.Popen([sys.executable, "-P", str(Path(__file__).with_name("dvc_process.py"))],
+                                        cwd=cwd, env=_dvc_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+
+    def run(self, args: list[str]) -> subprocess.CompletedProcess:
+        with self.lock:
+            try:
+                self.process.stdin.write(json.dumps(args) + "\n")
+                self.process.stdin.flush()
+                line = self.process.stdout.readline()
+            except BrokenPipeError:
+                line = ""
+        if not line:
+            raise DvcError(f"dvc {args[0]} failed in {self.cwd}: DVC's process ended "
+                           f"(exit code {self.process.wait()})")
+        reply = json.loads(line)
+        return subprocess.CompletedProcess(["dvc", *args], reply["code"], reply["stdout"], reply["stderr"])
+
+    def close(self) -> None:
+        self.process.stdin.close()  # its end of input: it exits
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+_dvc_processes: dict[Path, _DvcProcess] | None = None  # by folder, while dvc_processes() is open
+_dvc_processes_lock = threading.Lock()
+
+
+@contextmanager
+def dvc_processes() -> Iterator[None]:
+    """Within: ``dvc`` runs each folder's commands in one DVC process, started when first needed and ended on the
+    way out (a pipeline run's dozen commands then pay DVC's import once). Nested uses share the outer one's."""
+    global _dvc_processes
+    with _dvc_processes_lock:
+        if _dvc_processes is not None:
+            owner = False
+        else:
+            owner, _dvc_processes = True, {}
+    try:
+        yield
+    finally:
+        if owner:
+            with _dvc_processes_lock:
+                processes, _dvc_processes = _dvc_processes, None
+            for process in processes.values():
+                process.close()
+
+
+def _dvc_process(cwd: Path) -> _DvcProcess | None:
+    with _dvc_processes_lock:
+        if _dvc_processes is None:
+            return None
+        folder = cwd.resolve()
+        if folder not in _dvc_processes:
+            _dvc_processes[folder] = _DvcProcess(folder)
+        return _dvc_processes[folder]
 
 
 def _git_top(folder: Path) -> Path | None:

@@ -85,3 +85,33 @@ def test_a_project_folder_inside_a_git_repository_gets_a_dvc_repository_of_its_o
     (repository / ".gitignore").write_text("/scratch/\n")
     assert [_init_options(folder) for folder in (outside, repository, repository / "runs", repository / "scratch")] \
         == [["--no-scm"], [], ["--subdir"], ["--no-scm"]]
+
+
+def test_a_runs_dvc_commands_share_one_dvc_process_per_folder_that_answers_as_the_command_line(tmp_path):
+    """Inside a pipeline run (``dvc_processes``) each folder's DVC commands go through one DVC process: the same
+    output and one-line errors as ``dvc`` run on its own, and no process left behind once the run is over."""
+    from flows import project
+    from flows.project import DvcError, dvc, dvc_processes
+
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    stage = "stages:\n  make:\n    cmd: echo made > out.txt\n    outs: [out.txt]\n"
+    with dvc_processes():
+        dvc(folder, ["init", "--no-scm", "--quiet"])
+        (folder / "dvc.yaml").write_text(stage)
+        (folder / "out.txt").write_text("made\n")
+        stale = json.loads(dvc(folder, ["status", "--json"]).stdout)
+        dvc(folder, ["commit", "--force", "--quiet", "make"])
+        recorded = json.loads(dvc(folder, ["status", "--json"]).stdout)
+        with pytest.raises(DvcError) as inside:
+            dvc(folder, ["commit", "--force", "no-such-stage"])
+        with dvc_processes():  # nested: the outer run's processes
+            dvc(folder, ["status"])
+        started = list(project._dvc_processes.values())
+    assert set(stale) == {"make"} and recorded == {}
+    assert "dvc.lock" in os.listdir(folder)
+    assert len(started) == 1 and started[0].process.returncode == 0  # ended with the run
+    with pytest.raises(DvcError) as alone:
+        dvc(folder, ["commit", "--force", "no-such-stage"])
+    assert str(inside.value) == str(alone.value) and "no-such-stage" in str(alone.value)
+    assert "\n" not in str(alone.value)
