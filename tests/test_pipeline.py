@@ -77,7 +77,7 @@ def test_another_preset_is_an_experiment_of_its_own_and_switching_back_retrains_
 
     root, _ = project
     tiny = ["train.steps=40", "train.log_every=20", "train.eval_every=0", "network.hidden=32",
-            "eval.num_samples=150", "eval.bootstrap=3", "sample.steps=5",
+            "eval.num_samples=150", "eval.bootstrap=0", "sample.steps=5",
             "diffusion.distributions={laplace: {}}"]  # the stage test has more
     summary = run_pipeline("wine", tiny, project_dir=str(root))
     experiment = root / "artifacts" / "wine"
