@@ -8,6 +8,7 @@ Run as a script (``python -P flows/dvc_process.py``): the standard library and D
 """
 import json
 import os
+import signal
 import sys
 import tempfile
 
@@ -37,6 +38,8 @@ def run_command(main, args: list[str]) -> dict:
 
 
 def serve() -> None:
+    # Ctrl-C reaches the whole process group: the run that started this process decides, and closes its stdin
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from dvc.cli import main
 
     for line in sys.stdin:
