@@ -4,7 +4,7 @@ DVC for ~0.2 s of work. Started by ``flows.project.dvc_processes``; a request is
 command's arguments), the reply a JSON line on stdout (``{"code": 0, "stdout": "...", "stderr": "..."}``) with
 what the command printed, as ``dvc`` on the command line would have. It ends when its stdin closes.
 
-Run as a script (``python -P flows/dvc_process.py``): the standard library and DVC only.
+Run as a script (``python flows/dvc_process.py``): the standard library and DVC only.
 """
 import json
 import os
@@ -47,4 +47,6 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
+    here = os.path.dirname(os.path.abspath(__file__))  # flows/: its modules would shadow others of the same name
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != here]
     serve()

@@ -120,8 +120,7 @@ class _DvcProcess:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.lock = threading.Lock()  # one command at a time: a request, then its reply
-        # -P: the script's folder (flows/) is not put first on sys.path, where its modules would shadow others
-        self.process = subprocess.Popen([sys.executable, "-P", str(Path(__file__).with_name("dvc_process.py"))],
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dvc_process.py"))],
                                         cwd=cwd, env=_dvc_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
 
